@@ -1,0 +1,1 @@
+"""Entry points and the search: ArchSpec, data, profiling, and the slimming engine."""

@@ -1,0 +1,302 @@
+"""`ArchSpec`: one concrete EfficientViT network as a small, frozen, YAML-serialisable value.
+
+Every stage of the project reads or writes this structure: `supernet.build_model(spec)` builds it,
+`latency_lut.predict(spec, lut)` prices it, and the slimming engine turns one spec into the next.
+
+A stage is a width and an ordered list of block codes. Identity blocks are simply absent:
+
+    StageSpec(width=224, blocks=("4d", "4d", "4d", "3d"))   # three MB4D, then one MB3D
+
+Dimension rules (paper Eq. 7, checked by `validate`):
+  * stages 1 and 2 hold only "4d" blocks; stages 3 and 4 may also hold "3d";
+  * within a stage the "3d" blocks form a suffix: the stage reshapes 4D->3D once, before its first MB3D;
+  * a stage that ends in 3D and is followed by another stage reshapes back to 4D (3D->4D) before that
+    stage's strided-conv embedding. The LUT prices both reshapes, so such specs are allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nas.errors import UserError
+
+BLOCK_CODES = ("4d", "3d")
+NUM_STAGES = 4
+STAGES_WITH_3D = (2, 3)  # 0-based: the paper's stages 3 and 4
+REDUCTION = 32  # stem (4) x three stride-2 embeddings (8) = total stride
+
+
+class SpecError(UserError, ValueError):
+    """An ArchSpec (or its YAML) is inconsistent. The message names the offending field."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    width: int
+    blocks: tuple[str, ...] = ()
+
+    @property
+    def num_3d(self) -> int:
+        return sum(b == "3d" for b in self.blocks)
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    key_dim: int = 32  # per-head query/key width, timm's default
+    num_heads: int = 8
+    attn_ratio: float = 4.0  # value width = attn_ratio * key_dim per head
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    stages: tuple[StageSpec, ...]
+    input_size: int = 224  # square input; must divide by 32 so every stage has an integer token grid
+    in_chans: int = 3
+    num_classes: int = 1000
+    stem_width: int = 0  # width of the stem's first conv; 0 means "half the stage-1 width", as in timm
+    mlp_ratio: float = 4.0
+    pool_size: int = 3  # MB4D token mixer: avg-pool kernel
+    attention: AttentionSpec = field(default_factory=AttentionSpec)
+    drop_path_rate: float = 0.0  # stochastic depth, linear over blocks and constant within a stage (timm)
+    layer_scale_init: float = 1e-5
+
+    def __post_init__(self) -> None:
+        # Normalise lists (from YAML or callers) into tuples so the spec stays hashable and frozen.
+        stages = tuple(s if isinstance(s, StageSpec) else StageSpec(**s) for s in self.stages)
+        stages = tuple(StageSpec(int(s.width), tuple(s.blocks)) for s in stages)
+        object.__setattr__(self, "stages", stages)
+        if isinstance(self.attention, dict):
+            object.__setattr__(self, "attention", AttentionSpec(**self.attention))
+        if self.stem_width == 0 and stages:
+            object.__setattr__(self, "stem_width", stages[0].width // 2)
+
+    # ----------------------------------------------------------------------------------------- views
+    @property
+    def depths(self) -> tuple[int, ...]:
+        return tuple(s.depth for s in self.stages)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(s.width for s in self.stages)
+
+    @property
+    def num_3d(self) -> tuple[int, ...]:
+        return tuple(s.num_3d for s in self.stages)
+
+    def stage_resolution(self, stage: int) -> int:
+        """Side of the token grid of 0-based `stage` (stem stride 4, then x2 per embedding)."""
+        return self.input_size // (4 * 2**stage)
+
+    def replace(self, **changes: Any) -> ArchSpec:
+        return dataclasses.replace(self, **changes)
+
+    def with_stage(self, index: int, stage: StageSpec) -> ArchSpec:
+        stages = list(self.stages)
+        stages[index] = stage
+        return self.replace(stages=tuple(stages))
+
+    # ------------------------------------------------------------------------------------ validation
+    def validate(self) -> ArchSpec:
+        """Raise `SpecError` naming the first inconsistent field; return self so calls can chain.
+
+        >>> ArchSpec(stages=(StageSpec(48, ("4d",)),) * 3 + (StageSpec(448, ("3d", "4d")),)).validate()
+        Traceback (most recent call last):
+        ...
+        nas.arch.SpecError: stages[3].blocks: MB3D blocks must form a suffix of the stage, got ['3d', '4d']
+        """
+        if len(self.stages) != NUM_STAGES:
+            raise SpecError(f"stages: expected {NUM_STAGES} stages, got {len(self.stages)}")
+        for i, s in enumerate(self.stages):
+            if s.width <= 0:
+                raise SpecError(f"stages[{i}].width: must be positive, got {s.width}")
+            bad = [b for b in s.blocks if b not in BLOCK_CODES]
+            if bad:
+                raise SpecError(f"stages[{i}].blocks: unknown block code {bad[0]!r}; use one of {BLOCK_CODES}")
+            if s.num_3d and i not in STAGES_WITH_3D:
+                raise SpecError(f"stages[{i}].blocks: MB3D is only allowed in stages 3 and 4 (paper Eq. 7)")
+            first_3d = s.blocks.index("3d") if s.num_3d else s.depth
+            if any(b != "3d" for b in s.blocks[first_3d:]):
+                raise SpecError(
+                    f"stages[{i}].blocks: MB3D blocks must form a suffix of the stage, got {list(s.blocks)}"
+                )
+        if sum(self.depths) == 0:
+            raise SpecError("stages: the network is empty (every stage has zero blocks)")
+        if self.input_size <= 0 or self.input_size % REDUCTION:
+            raise SpecError(f"input_size: must be a positive multiple of {REDUCTION}, got {self.input_size}")
+        for name in ("in_chans", "num_classes", "stem_width", "pool_size"):
+            if getattr(self, name) <= 0:
+                raise SpecError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.pool_size % 2 == 0:
+            raise SpecError(f"pool_size: must be odd so the pooled grid keeps its size, got {self.pool_size}")
+        if self.mlp_ratio <= 0:
+            raise SpecError(f"mlp_ratio: must be positive, got {self.mlp_ratio}")
+        a = self.attention
+        if a.key_dim <= 0 or a.num_heads <= 0 or a.attn_ratio <= 0:
+            raise SpecError(f"attention: key_dim, num_heads and attn_ratio must be positive, got {a}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise SpecError(f"drop_path_rate: must be in [0, 1), got {self.drop_path_rate}")
+        return self
+
+    # -------------------------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["stages"] = [{"width": s.width, "blocks": list(s.blocks)} for s in self.stages]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
+        """Build and validate a spec from a plain mapping. Unknown keys are an error, never ignored."""
+        if not isinstance(d, dict):
+            raise SpecError(f"arch spec: expected a mapping, got {type(d).__name__}")
+        d = dict(d)
+        _reject_unknown("arch spec", d, {f.name for f in dataclasses.fields(cls)})
+        if "stages" not in d:
+            raise SpecError("stages: missing")
+        stages = d["stages"]
+        if not isinstance(stages, (list, tuple)):
+            raise SpecError(f"stages: expected a list, got {type(stages).__name__}")
+        parsed = []
+        for i, s in enumerate(stages):
+            if not isinstance(s, dict):
+                raise SpecError(f"stages[{i}]: expected a mapping with width and blocks")
+            _reject_unknown(f"stages[{i}]", s, {"width", "blocks"})
+            if not isinstance(s.get("width"), int):
+                raise SpecError(f"stages[{i}].width: expected an integer, got {s.get('width')!r}")
+            blocks = s.get("blocks") or []
+            if not isinstance(blocks, (list, tuple)):
+                raise SpecError(f"stages[{i}].blocks: expected a list, got {blocks!r}")
+            parsed.append(StageSpec(s["width"], tuple(str(b) for b in blocks)))
+        d["stages"] = tuple(parsed)
+        att = d.get("attention", {})
+        if isinstance(att, dict):
+            _reject_unknown("attention", att, {f.name for f in dataclasses.fields(AttentionSpec)})
+            d["attention"] = AttentionSpec(**att)
+        try:
+            spec = cls(**d)
+        except TypeError as e:  # e.g. a field of the wrong type that dataclass construction trips on
+            raise SpecError(f"arch spec: {e}") from None
+        return spec.validate()
+
+    def to_yaml(self, extra: dict[str, Any] | None = None) -> str:
+        """YAML text of the spec. `extra` adds informational top-level keys (e.g. predicted latency)
+        under `meta:`, which `from_yaml` ignores when reading the spec back."""
+        d = self.to_dict()
+        if extra:
+            d = {"meta": extra, **d}
+        return yaml.safe_dump(d, sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> ArchSpec:
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise SpecError(f"arch YAML: not valid YAML ({str(e).splitlines()[0]})") from None
+        if isinstance(d, dict):
+            d = {k: v for k, v in d.items() if k != "meta"}
+        return cls.from_dict(d)
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        atomic_write_text(path, self.to_yaml(extra))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ArchSpec:
+        p = Path(path)
+        if not p.is_file():
+            raise SpecError(f"arch file not found: {p}")
+        return cls.from_yaml(p.read_text())
+
+    # --------------------------------------------------------------------------------------- timm
+    def timm_incompatibility(self) -> str | None:
+        """Why timm's `EfficientFormer` cannot express this spec, or None when it can."""
+        n3d = self.num_3d
+        if any(n3d[:-1]):
+            return "MB3D blocks outside the last stage"
+        if n3d[-1] == 0:
+            return "timm's head needs at least one MB3D at the end of the last stage"
+        if self.stem_width != self.stages[0].width // 2:
+            return "timm's stem width is fixed at half the stage-1 width"
+        if self.attention != AttentionSpec():
+            return "timm's attention is fixed at key_dim=32, num_heads=8, attn_ratio=4"
+        return None
+
+    def to_timm_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `timm.models.efficientformer.EfficientFormer`.
+
+        >>> PRESETS["l1"].to_timm_kwargs()["num_vit"]
+        1
+        """
+        why = self.timm_incompatibility()
+        if why:
+            raise SpecError(f"spec is not timm-compatible: {why}")
+        return {
+            "depths": self.depths,
+            "embed_dims": self.widths,
+            "num_vit": self.num_3d[-1],
+            "in_chans": self.in_chans,
+            "num_classes": self.num_classes,
+            "mlp_ratios": self.mlp_ratio,
+            "pool_size": self.pool_size,
+            "layer_scale_init_value": self.layer_scale_init,
+            "drop_path_rate": self.drop_path_rate,
+        }
+
+
+def _reject_unknown(where: str, d: dict[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text to `path` via a temporary file in the same folder and `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def efficientformer_spec(depths: tuple[int, ...], widths: tuple[int, ...], num_vit: int, **kw: Any) -> ArchSpec:
+    """The spec of timm's EfficientFormer: all MB4D, with `num_vit` MB3D closing the last stage.
+
+    >>> efficientformer_spec((1, 1, 1, 2), (16, 32, 48, 64), num_vit=1).stages[3].blocks
+    ('4d', '3d')
+    """
+    stages = []
+    for i, (d, w) in enumerate(zip(depths, widths)):
+        n3d = num_vit if i == len(depths) - 1 else 0
+        stages.append(StageSpec(w, ("4d",) * (d - n3d) + ("3d",) * n3d))
+    return ArchSpec(stages=tuple(stages), **kw).validate()
+
+
+PRESETS: dict[str, ArchSpec] = {
+    "l1": efficientformer_spec((3, 2, 6, 4), (48, 96, 224, 448), num_vit=1),
+    "l3": efficientformer_spec((4, 4, 12, 6), (64, 128, 320, 512), num_vit=4),
+    "l7": efficientformer_spec((6, 6, 18, 8), (96, 192, 384, 768), num_vit=8),
+}
+
+
+def resolve_arch(arch: str | Path) -> ArchSpec:
+    """A preset name (`l1`, `l3`, `l7`) or the path of an arch YAML."""
+    if str(arch) in PRESETS:
+        return PRESETS[str(arch)]
+    p = Path(arch)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return ArchSpec.load(p)
+    raise SpecError(f"arch: {arch!r} is neither a preset ({', '.join(PRESETS)}) nor an existing YAML file")

@@ -1,0 +1,56 @@
+"""Hydra config composition shared by every entry point.
+
+Entry points use hydra's compose API rather than `@hydra.main`: it lets the documented `--flag` fronts
+(`python -m nas.slim --target-ms 1.6`) turn flags into overrides, and keeps hydra from changing the working
+directory or writing its own log folders. Each primary config in `search_configs/` starts its defaults
+list with `_self_`; the composed result is merged onto a dataclass schema, so a misspelt key or a value of
+the wrong type is an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nas.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "search_configs"
+T = TypeVar("T")
+
+
+class ConfigError(UserError):
+    """A config override or YAML file is malformed or does not match its schema."""
+
+
+def compose(config_name: str, overrides: list[str], schema: type[T]) -> T:
+    """Compose `search_configs/<config_name>.yaml` with `overrides` and return it as a `schema` instance."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    except (HydraException, OmegaConfBaseException) as e:
+        msg = " ".join(str(e).split())  # hydra messages span lines; keep one
+        raise ConfigError(f"config: {msg}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML, for a run folder."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    return OmegaConf.to_yaml(node)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(message)s")

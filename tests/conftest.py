@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from nas.arch import ArchSpec, StageSpec
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+def randomize_state(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every float tensor (weights, BN running stats, LayerScale, attention biases) non-trivial values,
+    so that equality checks cannot pass on zeros, ones and 1e-5 layer scales."""
+    g = torch.Generator().manual_seed(seed)
+    sd = model.state_dict()
+    for k, v in sd.items():
+        if v.dtype.is_floating_point:
+            if "running_var" in k:
+                sd[k] = torch.rand(v.shape, generator=g) + 0.5
+            else:
+                sd[k] = torch.randn(v.shape, generator=g) * 0.1
+    model.load_state_dict(sd)
+
+
+@pytest.fixture
+def tiny_spec() -> ArchSpec:
+    """A small spec with MB3D in both stage 3 (so a 3D->4D reshape) and stage 4, at 64 px."""
+    return ArchSpec(
+        stages=(
+            StageSpec(16, ("4d",)),
+            StageSpec(32, ("4d", "4d")),
+            StageSpec(48, ("4d", "3d")),
+            StageSpec(64, ("3d", "3d")),
+        ),
+        input_size=64,
+        num_classes=10,
+        attention={"key_dim": 8, "num_heads": 2, "attn_ratio": 2},
+    ).validate()
