@@ -2,9 +2,13 @@
 
 Entry points use hydra's compose API rather than `@hydra.main`: it lets the documented `--flag` fronts
 (`python -m nas.slim --target-ms 1.6`) turn flags into overrides, and keeps hydra from changing the working
-directory or writing its own log folders. Each primary config in `search_configs/` starts its defaults
-list with `_self_`; the composed result is merged onto a dataclass schema, so a misspelt key or a value of
-the wrong type is an error, never silently ignored.
+directory or writing its own log folders.
+
+Each primary config `search_configs/<name>.yaml` is backed by a dataclass schema that `compose` stores in
+hydra's ConfigStore as `<name>_schema`. Its defaults list names that schema first, then `_self_`, then the
+config groups (so groups override the primary's values). Because the schema is the base, a misspelt key, an
+unknown group option or a value of the wrong type is an error, and any schema key can be overridden even
+when no YAML mentions it.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ def compose(config_name: str, overrides: list[str], schema: type[T]) -> T:
     """Compose `search_configs/<config_name>.yaml` with `overrides` and return it as a `schema` instance."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
+    ConfigStore.instance().store(name=f"{config_name}_schema", node=schema)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gzip
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -221,7 +221,7 @@ def build_datasets(cfg: DataConfig) -> Splits:
 
 @dataclass
 class DataInfoConfig:
-    data: DataConfig
+    data: DataConfig = field(default_factory=DataConfig)
 
 
 def main(argv: list[str] | None = None) -> None:

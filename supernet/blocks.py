@@ -100,7 +100,8 @@ class Unflat(nn.Module):
         self.resolution = resolution
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, C, H, W)
-        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.resolution, self.resolution)
+        # unflatten, unlike reshape(B, C, H, W), traces without shape arithmetic, which CoreML cannot convert
+        return x.transpose(1, 2).unflatten(2, (self.resolution, self.resolution))
 
 
 # ----------------------------------------------------------------------------------------------- MB4D

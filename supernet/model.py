@@ -67,12 +67,8 @@ class EfficientViT(nn.Module):
         widths = spec.widths
         self.stem = Stem(spec.in_chans, widths[0], spec.stem_width)
         dpr = calculate_drop_path_rates(spec.drop_path_rate, list(spec.depths), stagewise=True)
-        stages, prev = [], widths[0]
-        for i, stage in enumerate(spec.stages):
-            last = i == len(spec.stages) - 1
-            stages.append(EfficientViTStage(prev, stage, spec, spec.stage_resolution(i), i > 0, not last, dpr[i]))
-            prev = stage.width
-        self.stages = nn.Sequential(*stages)
+        prev = [widths[0]] + list(widths[:-1])
+        self.stages = nn.Sequential(*(self.make_stage(i, prev[i], dpr[i]) for i in range(len(spec.stages))))
         self.num_features = widths[-1]
         self.norm = nn.LayerNorm(self.num_features)
         self.head_drop = nn.Dropout(0.0)
@@ -80,6 +76,12 @@ class EfficientViT(nn.Module):
         self.head_dist: nn.Linear | None = nn.Linear(self.num_features, spec.num_classes)
         self.distilled_training = False  # True: training returns (cls_logits, dist_logits) for DeiT-style distillation
         self.apply(self._init_weights)
+
+    def make_stage(self, i: int, in_dim: int, drop_path: list[float]) -> nn.Module:
+        """Stage `i` (0-based) of the network; the supernet overrides this to build MetaPaths instead."""
+        spec = self.spec
+        last = i == len(spec.stages) - 1
+        return EfficientViTStage(in_dim, spec.stages[i], spec, spec.stage_resolution(i), i > 0, not last, drop_path)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

@@ -1,0 +1,66 @@
+"""Matplotlib figures written beside run outputs (Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def _save(fig, path: Path) -> None:
+    """Save a figure atomically (temp file + os.replace) and close it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+
+
+def plot_importance(metrics: list[dict[str, float]], path: Path) -> None:
+    """Stage importance scores (sum over MetaPaths of (p3D+p4D)/pI) against epoch, plus val accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [m["epoch"] for m in metrics]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i in range(1, 5):
+        ax.plot(epochs, [m[f"score_stage{i}"] for m in metrics], marker="o", label=f"stage {i}")
+    ax.set(xlabel="epoch", ylabel="importance score (sum over MetaPaths)", title="Stage importance", yscale="log")
+    ax.legend()
+    ax2.plot(epochs, [m["val_acc"] for m in metrics], marker="o", label="val acc")
+    ax2.plot(epochs, [m["train_acc"] for m in metrics], marker="o", label="train acc")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="Supernet accuracy")
+    ax2.legend()
+    _save(fig, path)
+
+
+def plot_lut_validation(pred, meas, calibrated, path: Path, title: str = "") -> None:
+    """Predicted (sum of LUT rows, and affine-corrected) against measured whole-network latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    lo, hi = min(min(pred), min(meas)) * 0.9, max(max(pred), max(meas), max(calibrated)) * 1.1
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="±10%")
+    ax.scatter(meas, pred, s=18, label="sum of LUT rows")
+    ax.scatter(meas, calibrated, s=18, marker="x", label="affine (leave-one-out)")
+    ax.set(
+        xlabel="measured latency (ms)",
+        ylabel="predicted latency (ms)",
+        title=f"LUT validation\n{title}",
+        xlim=(lo, hi),
+        ylim=(lo, hi),
+    )
+    ax.legend(fontsize=8)
+    _save(fig, path)

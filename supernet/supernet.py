@@ -1,0 +1,217 @@
+"""The supernet of MetaPaths (paper Section 4.1, Eq. 8).
+
+Every block position is a MetaPath that mixes its candidate blocks:
+
+    X_{i+1} = sum_n  w_i^n * MP_i^n(X_i),      w_i = softmax((alpha_i + eps_i) / tau)
+
+Stages 1-2 choose from {MB4D, Identity}, stages 3-4 from {MB4D, MB3D, Identity}. Tensors stay 4D
+between MetaPaths: the MB3D branch flattens to tokens, applies MB3D and reshapes back, which is exact, so a
+path through the supernet computes the same function as `build_model` of that path's spec.
+
+Noise eps: "gumbel" (-log(-log U), the default, as in DARTS/FBNet), "uniform" (the paper's literal
+eps ~ U(0, 1)) or "none". `hard=True` is our addition (straight-through Gumbel): the forward pass runs only
+the sampled branch of each MetaPath, while the gradient reaches alpha through the soft weights.
+In eval mode there is no noise: soft mode mixes with softmax(alpha / tau), hard mode runs the argmax path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nas.arch import ArchSpec, StageSpec
+from supernet.blocks import Embedding, Flat, Unflat
+from supernet.model import EfficientViT, make_block
+from supernet.space import SpaceConfig
+
+NOISE = ("gumbel", "uniform", "none")
+Choices = tuple[tuple[str, ...], ...]  # per stage, per MetaPath: "4d" / "3d" / "id"
+
+
+class MetaPath(nn.Module):
+    """One block position: an MB4D branch, an MB3D branch in stages 3-4, and the identity."""
+
+    def __init__(self, dim: int, choices: tuple[str, ...], spec: ArchSpec, resolution: int, drop_path: float):
+        super().__init__()
+        self.choices = choices
+        self.mb4d = make_block("4d", dim, spec, resolution, drop_path)
+        self.mb3d = make_block("3d", dim, spec, resolution, drop_path) if "3d" in choices else None
+        self.flat, self.unflat = Flat(), Unflat(resolution)
+
+    def branch(self, code: str, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
+        if code == "4d":
+            return self.mb4d(x)
+        if code == "3d":
+            return self.unflat(self.mb3d(self.flat(x)))
+        return x
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        # Branches with an exactly-zero weight are skipped: in hard mode that is every branch but the sampled
+        # one, and its weight (1 in value) still carries the straight-through gradient to alpha.
+        out = None
+        for j, code in enumerate(self.choices):
+            if weights[j].item() != 0.0:
+                y = weights[j] * self.branch(code, x)
+                out = y if out is None else out + y
+        return out
+
+
+class SuperStage(nn.Module):
+    def __init__(
+        self,
+        in_dim: int,
+        stage: StageSpec,
+        choices: tuple[str, ...],
+        spec: ArchSpec,
+        resolution: int,
+        downsample: bool,
+        drop_path: list[float],
+    ):
+        super().__init__()
+        self.downsample = Embedding(in_dim, stage.width) if downsample else nn.Identity()
+        self.paths = nn.ModuleList(
+            MetaPath(stage.width, choices, spec, resolution, drop_path[j]) for j in range(stage.depth)
+        )
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:  # weights: (depth, n_choices)
+        x = self.downsample(x)
+        for path, w in zip(self.paths, weights):
+            x = path(x, w)
+        return x
+
+
+class SuperNet(EfficientViT):
+    """EfficientViT whose stages hold MetaPaths; `alphas[i]` is a (depth_i, n_choices_i) parameter."""
+
+    def __init__(
+        self,
+        space: SpaceConfig,
+        num_classes: int,
+        in_chans: int = 3,
+        noise: str = "gumbel",
+        hard: bool = False,
+        tau: float = 5.0,
+    ):
+        if noise not in NOISE:
+            raise ValueError(f"noise must be one of {NOISE}, got {noise!r}")
+        self.space = space
+        self.stage_choices = tuple(space.choices(i) for i in range(4))
+        super().__init__(space.max_spec(num_classes, in_chans))
+        self.alphas = nn.ParameterList(
+            nn.Parameter(torch.zeros(d, len(c))) for d, c in zip(space.depths, self.stage_choices)
+        )
+        self.noise, self.hard, self.tau = noise, hard, tau
+
+    def make_stage(self, i: int, in_dim: int, drop_path: list[float]) -> nn.Module:
+        spec = self.spec
+        return SuperStage(
+            in_dim, spec.stages[i], self.stage_choices[i], spec, spec.stage_resolution(i), i > 0, drop_path
+        )
+
+    # --------------------------------------------------------------------------------- parameters
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas)
+
+    def weight_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if not n.startswith("alphas.")]
+
+    # ----------------------------------------------------------------------------------- mixture
+    def mixture_weights(self) -> list[torch.Tensor]:
+        """Per stage, (depth, n_choices) weights for this forward pass (noise and tau in training only)."""
+        out = []
+        for alpha in self.alphas:
+            logits = alpha
+            if self.training and self.noise != "none":
+                u = torch.rand_like(alpha).clamp_(1e-9, 1 - 1e-9)
+                logits = alpha + (-torch.log(-torch.log(u)) if self.noise == "gumbel" else u)
+            soft = F.softmax(logits / self.tau, dim=-1)
+            if self.hard:
+                one_hot = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
+                soft = one_hot - soft.detach() + soft if self.training else one_hot
+            out.append(soft)
+        return out
+
+    def forward_features(self, x: torch.Tensor, weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+        weights = self.mixture_weights() if weights is None else weights
+        x = self.stem(x)
+        for stage, w in zip(self.stages, weights):
+            x = stage(x, w)
+        return self.norm(x.flatten(2).transpose(1, 2))  # (B, N, C)
+
+    def forward(self, x: torch.Tensor, weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x, weights))
+
+    def path_weights(self, choices: Choices) -> list[torch.Tensor]:
+        """One-hot mixture weights that restrict the supernet to `choices`."""
+        return [
+            torch.tensor([[float(c == code) for code in opts] for c in stage], device=self.alphas[0].device)
+            for stage, opts in zip(choices, self.stage_choices)
+        ]
+
+    # -------------------------------------------------------------------------------- importance
+    @torch.no_grad()
+    def probabilities(self) -> list[torch.Tensor]:
+        """softmax(alpha) per stage: (depth, n_choices), columns in `stage_choices[i]` order."""
+        return [F.softmax(a.detach().float(), dim=-1) for a in self.alphas]
+
+    @torch.no_grad()
+    def importance(self) -> tuple[list[list[float]], list[float]]:
+        """Section 4.2: per MetaPath p4D/pI in stages 1-2 and (p3D+p4D)/pI in stages 3-4; per stage, their sum."""
+        paths = []
+        for p, opts in zip(self.probabilities(), self.stage_choices):
+            keep = p[:, [opts.index(c) for c in opts if c != "id"]].sum(-1)
+            paths.append((keep / p[:, opts.index("id")]).tolist())
+        return paths, [sum(s) for s in paths]
+
+    @torch.no_grad()
+    def alpha_entropy(self) -> float:
+        """Mean entropy (nats) of softmax(alpha) over all MetaPaths: log(n) at the uniform start, 0 when decided."""
+        ents = [-(p * p.clamp_min(1e-12).log()).sum(-1) for p in self.probabilities()]
+        return torch.cat(ents).mean().item()
+
+    # ---------------------------------------------------------------------------------- deriving
+    def derive(self, include_identity: bool = False) -> Choices:
+        """The most probable consistent path: per stage, the assignment with the highest sum of log p subject to
+        MB3D forming a suffix of the stage. With `include_identity=False` every MetaPath takes its more probable
+        non-identity block (the slimming start, paper Section 4.2)."""
+        out = []
+        for p, opts in zip(self.probabilities(), self.stage_choices):
+            logp = p.clamp_min(1e-12).log()
+            best, best_score = None, -math.inf
+            for k in range(p.shape[0] + 1) if "3d" in opts else [p.shape[0]]:  # positions >= k may be 3d
+                stage, score = [], 0.0
+                for j in range(p.shape[0]):
+                    allowed = ["4d" if j < k else "3d"] + (["id"] if include_identity else [])
+                    c = max(allowed, key=lambda code: logp[j, opts.index(code)].item())
+                    stage.append(c)
+                    score += logp[j, opts.index(c)].item()
+                if score > best_score:
+                    best, best_score = stage, score
+            out.append(tuple(best))
+        return tuple(out)
+
+    def spec_of(self, choices: Choices) -> ArchSpec:
+        """The concrete spec of a path: identity MetaPaths are dropped."""
+        stages = tuple(
+            StageSpec(s.width, tuple(c for c in stage if c != "id")) for s, stage in zip(self.spec.stages, choices)
+        )
+        return self.spec.replace(stages=stages).validate()
+
+    @torch.no_grad()
+    def extract(self, choices: Choices) -> EfficientViT:
+        """`build_model(spec_of(choices))` with the supernet's weights copied in (inherited weights)."""
+        sub = EfficientViT(self.spec_of(choices))
+        sub.stem.load_state_dict(self.stem.state_dict())
+        sub.norm.load_state_dict(self.norm.state_dict())
+        sub.head.load_state_dict(self.head.state_dict())
+        sub.head_dist.load_state_dict(self.head_dist.state_dict())
+        for sub_stage, stage, codes in zip(sub.stages, self.stages, choices):
+            sub_stage.downsample.load_state_dict(stage.downsample.state_dict())
+            blocks = [b for b in sub_stage.blocks if not isinstance(b, (Flat, Unflat))]
+            sources = [getattr(path, "mb" + c) for path, c in zip(stage.paths, codes) if c != "id"]
+            for block, src in zip(blocks, sources, strict=True):
+                block.load_state_dict(src.state_dict())
+        return sub

@@ -1,0 +1,124 @@
+import math
+
+import pytest
+import torch
+
+from supernet import build_model
+from supernet.space import AttentionConfig, SpaceConfig
+from supernet.supernet import SuperNet
+from tests.conftest import randomize_state
+
+SMALL = SpaceConfig(
+    name="small", depths=[2, 1, 3, 2], widths=[16, 32, 48, 64], input_size=64, attention=AttentionConfig(8, 2, 2.0)
+)
+
+
+def _set_one_hot(net: SuperNet, choices) -> None:
+    """alpha = log of a one-hot distribution: 0 for the chosen block, -inf elsewhere."""
+    with torch.no_grad():
+        for a, stage, opts in zip(net.alphas, choices, net.stage_choices):
+            a.fill_(-math.inf)
+            for j, c in enumerate(stage):
+                a[j, opts.index(c)] = 0.0
+
+
+CHOICES = [
+    (("4d", "id"), ("4d",), ("4d", "3d", "3d"), ("3d", "3d")),  # MB3D in stage 3 -> reshape back for stage 4
+    (("id", "4d"), ("id",), ("id", "4d", "id"), ("4d", "3d")),
+    (("4d", "4d"), ("4d",), ("4d", "4d", "4d"), ("4d", "4d")),
+]
+
+
+@pytest.mark.parametrize("choices", CHOICES)
+@pytest.mark.parametrize("hard", [False, True])
+def test_one_hot_alpha_equals_build_model_of_derived_spec(choices, hard):
+    """Oracle: with one-hot alpha and no noise, the supernet computes exactly build_model(derived spec)."""
+    net = SuperNet(SMALL, num_classes=10, noise="gumbel", hard=hard)
+    randomize_state(net, seed=4)
+    _set_one_hot(net, choices)
+    net.eval()
+    assert net.derive(include_identity=True) == choices
+    spec = net.spec_of(choices)
+    assert spec.depths == tuple(sum(c != "id" for c in s) for s in choices)
+    ref = build_model(spec).eval()
+    ref.load_state_dict(net.extract(choices).state_dict())  # an independent build, weights copied over
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        y_super, y_ref = net(x), ref(x)
+        y_path = net(x, net.path_weights(choices))
+    assert y_ref.abs().max() > 1e-2
+    assert torch.equal(y_super, y_ref) or (y_super - y_ref).abs().max() <= 1e-6
+    assert (y_path - y_ref).abs().max() <= 1e-6
+
+
+def test_importance_formulas_on_hand_set_alpha():
+    net = SuperNet(SMALL, num_classes=10)
+    probs = [
+        [[0.6, 0.4], [0.2, 0.8]],  # stage 1: p4D/pI = 1.5, 0.25
+        [[0.5, 0.5]],  # stage 2: 1.0
+        [[0.2, 0.3, 0.5], [0.1, 0.1, 0.8], [0.45, 0.45, 0.1]],  # stage 3: (p3D+p4D)/pI = 1.0, 0.25, 9.0
+        [[0.3, 0.3, 0.4], [0.0625, 0.0625, 0.875]],  # stage 4: 1.5, 1/7
+    ]
+    with torch.no_grad():
+        for a, p in zip(net.alphas, probs):
+            a.copy_(torch.tensor(p).log() + 3.0)  # softmax is shift-invariant
+    per_path, per_stage = net.importance()
+    expected = [[1.5, 0.25], [1.0], [1.0, 0.25, 9.0], [1.5, 1 / 7]]
+    for got, exp in zip(per_path, expected):
+        assert got == pytest.approx(exp, rel=1e-5)
+    assert per_stage == pytest.approx([1.75, 1.0, 10.25, 1.5 + 1 / 7], rel=1e-5)
+    assert net.alpha_entropy() < math.log(3)
+
+
+def test_derive_keeps_mb3d_a_suffix_with_the_most_likely_assignment():
+    net = SuperNet(SMALL, num_classes=10)
+    with torch.no_grad():
+        # stage 3 prefers 3d, 4d, 3d: not a suffix. Log-probs: 4d-4d-3d = log(.3*.6*.6) beats 3d-3d-3d = log(.6*.3*.6)?
+        # equal products, so compare with distinct numbers: position 0 leans 3d weakly, position 1 leans 4d strongly.
+        net.alphas[2].copy_(torch.tensor([[0.4, 0.5, 0.1], [0.8, 0.1, 0.1], [0.2, 0.7, 0.1]]).log())
+    choices = net.derive()
+    assert choices[2] == ("4d", "4d", "3d")  # .4*.8*.7 = .224 > 3d-3d-3d .5*.1*.7 = .035 > all-4d .4*.8*.2
+    assert all(c != "id" for stage in choices for c in stage)
+    net.spec_of(choices).validate()
+
+
+@pytest.mark.parametrize("noise", ["gumbel", "uniform"])
+def test_training_noise_and_eval_without_noise(noise):
+    net = SuperNet(SMALL, num_classes=10, noise=noise, tau=1.0)
+    net.train()
+    w1, w2 = net.mixture_weights(), net.mixture_weights()
+    assert not torch.equal(w1[0], w2[0])  # noisy in training
+    for w in w1:
+        assert torch.allclose(w.sum(-1), torch.ones(w.shape[0]))
+    net.eval()
+    assert all(torch.allclose(w, torch.full_like(w, 1 / w.shape[-1])) for w in net.mixture_weights())  # alpha = 0
+    if noise == "uniform":  # eps in (0, 1) at tau=1 bounds each weight's odds ratio by e
+        net.train()
+        w = net.mixture_weights()[2]
+        assert (w.max(-1).values / w.min(-1).values).max() <= math.e + 1e-5
+
+
+def test_hard_mode_runs_one_branch_and_still_trains_alpha():
+    net = SuperNet(SMALL, num_classes=10, hard=True)
+    net.train()
+    calls = {"n": 0}
+    for path in net.stages[2].paths:
+        path.mb4d.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+        path.mb3d.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    w = net.mixture_weights()
+    for stage in w:
+        assert torch.equal(stage.detach().sum(-1), torch.ones(stage.shape[0]))
+        assert ((stage.detach() == 0) | (stage.detach() == 1)).all()
+    loss = net(torch.randn(2, 3, 64, 64)).logsumexp(-1).mean()
+    loss.backward()
+    assert calls["n"] <= 3  # at most one block branch per MetaPath of stage 3
+    assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in net.alphas)
+
+
+def test_tau_schedules():
+    from nas.train_supernet import SupernetConfig
+
+    c = SupernetConfig(tau_start=5.0, tau_end=0.5)
+    assert c.tau(0, 10) == 5.0 and c.tau(9, 10) == pytest.approx(0.5)
+    f = SupernetConfig(tau_start=5.0, tau_decay=0.956, tau_end=0.01)
+    assert f.tau(3, 90) == pytest.approx(5.0 * 0.956**3)

@@ -1,0 +1,146 @@
+"""nas.train_supernet end to end on small real configs (digits, a small space at 32 px)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from nas.checkpoint import CheckpointError, load_checkpoint
+from nas.config import ConfigError, compose
+from nas.train_supernet import SUPERNET_KIND, TrainSupernetConfig, run
+from nas.trainer import TrainingError
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = [
+    "data=digits",
+    "space.depths=[1,1,2,2]",
+    "space.widths=[16,16,32,32]",
+    "space.input_size=32",
+    "space.attention.key_dim=8",
+    "space.attention.num_heads=2",
+    "train.batch_size=64",
+    "train.eval_batch_size=200",
+    "train.threads=1",
+]
+
+
+def small_cfg(tmp: Path, *extra: str) -> TrainSupernetConfig:
+    return compose("train_supernet", [*SMALL, f"out={tmp}", *extra], TrainSupernetConfig)
+
+
+def test_default_config_composes_to_tiny_fashion_mnist():
+    cfg = compose("train_supernet", [], TrainSupernetConfig)
+    assert (cfg.space.name, cfg.data.name, cfg.space.input_size) == ("tiny", "fashion_mnist", 64)
+    assert cfg.supernet.noise == "gumbel" and cfg.train.epochs >= 1
+    l7 = compose("train_supernet", ["space=l7", "train=paper"], TrainSupernetConfig)
+    assert l7.space.depths == [6, 6, 18, 8] and l7.space.widths == [96, 192, 384, 768] and l7.space.input_size == 224
+    assert (l7.train.epochs, l7.train.warmup_epochs, l7.train.lr_base, l7.train.lr_min) == (300, 5, 1e-3, 1e-5)
+
+
+@pytest.mark.parametrize("override", ["train.epochz=3", "space=huge", "train.epochs=three", "supernet.hard=maybe"])
+def test_bad_overrides_fail_loudly(override):
+    with pytest.raises(ConfigError):
+        compose("train_supernet", [override], TrainSupernetConfig)
+
+
+def test_run_writes_outputs(tmp_path):
+    out = run(small_cfg(tmp_path, "train.epochs=2"))
+    ckpt = load_checkpoint(out / "supernet.pt", SUPERNET_KIND)
+    assert ckpt["meta"]["space"]["depths"] == [1, 1, 2, 2] and ckpt["meta"]["input_size"] == 32
+    assert ckpt["meta"]["config"]["data"]["name"] == "digits"
+    assert {"alphas.0", "alphas.3"} <= set(ckpt["model"])
+    m = pd.read_csv(out / "metrics.csv")
+    assert list(m["epoch"]) == [1, 2]
+    for col in ["train_loss", "train_acc", "val_acc", "tau", "alpha_entropy", "score_stage1", "score_stage4"]:
+        assert m[col].notna().all(), col
+    assert m["tau"].iloc[0] > m["tau"].iloc[1]  # annealed
+    assert (out / "importance.png").stat().st_size > 1000 and (out / "config.yaml").is_file()
+    assert m["val_acc"].iloc[-1] > 0.2  # above chance (0.1) after two short epochs
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point())
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full = run(small_cfg(tmp_path / "full", "train.epochs=3"))
+    part = run(small_cfg(tmp_path / "part", "train.epochs=3", "train.stop_after_epochs=1"))
+    assert load_checkpoint(part / "supernet.pt", SUPERNET_KIND)["epoch"] == 1
+    resumed = run(small_cfg(tmp_path / "ignored", "train.epochs=3", f"resume={part}"))
+    assert resumed == part
+    a = load_checkpoint(full / "supernet.pt", SUPERNET_KIND)
+    b = load_checkpoint(part / "supernet.pt", SUPERNET_KIND)
+    assert b["epoch"] == 3
+    alphas = {k: v for k, v in a["model"].items() if k.startswith("alphas")}
+    assert _max_diff(alphas, b["model"]) <= 1e-6
+    assert _max_diff(a["model"], b["model"]) <= 1e-6
+    assert a["metrics"][-1]["val_acc"] == b["metrics"][-1]["val_acc"]
+
+
+def test_resume_from_other_space_or_corrupt_file_is_one_clear_line(tmp_path):
+    out = run(small_cfg(tmp_path / "a", "train.epochs=1"))
+    with pytest.raises(CheckpointError, match="was trained on space 'tiny'.*not on space 'tiny'|depths"):
+        run(small_cfg(tmp_path / "b", "train.epochs=2", "space.widths=[16,16,32,48]", f"resume={out}"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "supernet.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        run(small_cfg(tmp_path / "c", f"resume={bad}"))
+    with pytest.raises(CheckpointError, match="no supernet.pt"):
+        run(small_cfg(tmp_path / "c", f"resume={tmp_path / 'nowhere'}"))
+    r = subprocess.run(
+        [sys.executable, "-m", "nas.train_supernet", *SMALL, f"resume={bad}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and r.stderr.startswith("error: cannot read checkpoint") and r.stderr.count("\n") == 1
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from nas.train_supernet import SupernetTrainer
+
+    original = SupernetTrainer.loss
+
+    def poisoned(self, x, y):
+        loss, logits = original(self, x, y)
+        return (loss * float("nan"), logits) if self.epoch >= 1 else (loss, logits)
+
+    monkeypatch.setattr(SupernetTrainer, "loss", poisoned)
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2"):
+        run(small_cfg(tmp_path, "train.epochs=3"))
+    ckpt = load_checkpoint(tmp_path / "supernet.pt", SUPERNET_KIND)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_gloo(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            "-m",
+            "nas.train_supernet",
+            *SMALL,
+            "train.epochs=2",
+            f"out={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "alpha max abs difference across 2 ranks: 0" in r.stderr + r.stdout
+    ckpt = load_checkpoint(tmp_path / "supernet.pt", SUPERNET_KIND)
+    assert ckpt["epoch"] == 2 and not any(k.startswith("module.") for k in ckpt["model"])
