@@ -1,0 +1,153 @@
+"""`python -m nas.build_lut`: measure block latencies on a backend and write a LUT CSV.
+
+    python -m nas.build_lut                                         # space=tiny, backend=torch, 1 thread
+    python -m nas.build_lut space=tiny backend=onnxruntime out=luts/tiny_ort.csv
+    python -m nas.build_lut backend=coreml convert_only=true        # CoreML compatibility check (any OS)
+
+Re-running with the same `out=` skips rows already in the CSV (resume). The method is in latency_lut/measure.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from latency_lut.backends import BACKENDS, make_backend
+from latency_lut.measure import MeasureConfig, measure_rows, row_module, space_rows
+from latency_lut.table import COLUMNS, KEY_COLUMNS, LatencyTable, LUTError, Row
+from nas.arch import atomic_write_text
+from nas.config import ConfigError, compose, setup_logging
+from nas.errors import run_cli
+from supernet.space import SpaceConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildLUTConfig:
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    backend: str = "torch"  # torch | onnxruntime | cuda | coreml
+    out: str | None = None  # CSV path; default runs/lut/<space>-<backend>-<timestamp>/lut.csv
+    threads: int = 1  # pinned and recorded; 1 is the usual mobile-like setting
+    batch: int = 1
+    num_classes: int = 10  # the head row's classifier width; must match the supernet's data
+    in_chans: int = 3
+    convert_only: bool = False  # coreml: convert every block and report failures, no timing
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+
+
+def default_out(cfg: BuildLUTConfig) -> Path:
+    return Path("runs/lut") / f"{cfg.space.name}-{cfg.backend}-{time.strftime('%Y%m%d-%H%M%S')}" / "lut.csv"
+
+
+def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
+    atomic_write_text(path, df.to_csv(index=False))
+
+
+def existing_rows(path: Path, meta: dict[str, object]) -> pd.DataFrame:
+    """Rows already measured in `path` (resume); refuses a file measured with other settings."""
+    if not path.exists():
+        return pd.DataFrame(columns=COLUMNS)
+    table = LatencyTable.load(path)
+    for k, v in meta.items():
+        if str(table.meta[k]) != str(v):
+            raise LUTError(
+                f"{path} exists with {k}={table.meta[k]!r}, this run has {k}={v!r}; choose another out= or delete it"
+            )
+    return table.df
+
+
+def run(cfg: BuildLUTConfig) -> Path:
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"backend={cfg.backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
+    backend = make_backend(cfg.backend, cfg.threads, cfg.convert_only)
+    backend.setup()
+    spec = cfg.space.max_spec(cfg.num_classes, cfg.in_chans)
+    rows = space_rows(cfg.space, cfg.num_classes)
+    if cfg.backend == "coreml" and cfg.convert_only:
+        return coreml_check(cfg, rows)
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    meta = {
+        "backend": backend.name,
+        "device": backend.device,
+        "versions": backend.versions,
+        "threads": cfg.threads,
+        "batch": cfg.batch,
+        "input_size": cfg.space.input_size,
+    }
+    df = existing_rows(out, meta)
+    done = set(map(tuple, df[KEY_COLUMNS].astype({"stage": int, "in_width": int, "width": int}).to_numpy().tolist()))
+    todo = [r for r in rows if r.key not in done]
+    log.info(
+        "LUT %s: %d rows for space %s at %d px (%s); %d already measured, %d to go",
+        out,
+        len(rows),
+        cfg.space.name,
+        cfg.space.input_size,
+        backend.name,
+        len(rows) - len(todo),
+        len(todo),
+    )
+    frames = [df] if len(df) else []
+
+    def on_group(results: list[tuple[Row, dict[str, float]]]) -> None:
+        new = pd.DataFrame([{**dataclasses.asdict(r), **stats, **meta} for r, stats in results])[COLUMNS]
+        frames.append(new)
+        write_csv_atomic(pd.concat(frames, ignore_index=True), out)
+
+    from tqdm import tqdm
+
+    with tqdm(total=len(todo), desc=f"measuring ({backend.name})", unit="row", dynamic_ncols=True) as bar:
+        measure_rows(todo, spec, backend, cfg.measure, cfg.batch, on_group, bar)
+    table = LatencyTable.load(out)  # re-validate what was written
+    log.info("wrote %s: %d rows, %s", out, len(table.df), table.describe())
+    print(out)
+    return out
+
+
+def coreml_check(cfg: BuildLUTConfig, rows: list[Row]) -> Path:
+    """Convert every row's block with coremltools; write a report CSV and fail if any block does not convert."""
+    from tqdm import tqdm
+
+    from latency_lut.backends import CoreMLBackend
+
+    spec = cfg.space.max_spec(cfg.num_classes, cfg.in_chans)
+    report = []
+    for row in tqdm(rows, desc="coreml convert", unit="row"):
+        try:
+            CoreMLBackend.convert(*row_module(row, spec, cfg.batch))
+            report.append({**dataclasses.asdict(row), "converted": True, "error": ""})
+        except Exception as e:  # any converter failure is a finding, not a crash
+            report.append({**dataclasses.asdict(row), "converted": False, "error": " ".join(str(e).split())[:300]})
+    out = Path(cfg.out) if cfg.out else default_out(cfg).with_name("coreml_compat.csv")
+    df = pd.DataFrame(report)
+    write_csv_atomic(df, out)
+    failed = df[~df["converted"]]
+    log.info(
+        "coreml: %d/%d blocks converted (timing skipped: MLModel.predict needs macOS); report %s",
+        len(df) - len(failed),
+        len(df),
+        out,
+    )
+    if len(failed):
+        raise LUTError(
+            f"{len(failed)} block(s) failed CoreML conversion, e.g. {failed.iloc[0]['kind']} "
+            f"stage {failed.iloc[0]['stage'] + 1}: {failed.iloc[0]['error'][:120]} (see {out})"
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    cfg = compose("build_lut", sys.argv[1:] if argv is None else argv, BuildLUTConfig)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    run_cli(main)
