@@ -64,3 +64,23 @@ def plot_lut_validation(pred, meas, calibrated, path: Path, title: str = "") -> 
     )
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_pareto(traj, targets: list[float], path: Path) -> None:
+    """Validation accuracy against predicted latency along the slimming trajectory, targets marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(traj["predicted_ms"], traj["val_acc"] * 100, "-o", ms=3, label="slimming trajectory")
+    ax.plot(traj["predicted_ms"].iloc[:1], traj["val_acc"].iloc[:1] * 100, "s", color="k", label="start")
+    for k, t in enumerate(targets):
+        ax.axvline(t, color="C3", ls="--", lw=1, label="targets" if k == 0 else None)
+        hit = traj[traj["predicted_ms"] <= t].iloc[0]
+        ax.plot(hit["predicted_ms"], hit["val_acc"] * 100, "*", color="C3", ms=12)
+    ax.set(xlabel="LUT-predicted latency (ms)", ylabel="val accuracy (%)", title="Slimming trajectory")
+    ax.invert_xaxis()
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -25,6 +25,17 @@ import torch.nn.functional as F
 from nas.arch import ArchSpec, StageSpec
 from supernet.blocks import Embedding, Flat, Unflat
 from supernet.model import EfficientViT, make_block
+from supernet.slicing import (
+    BLOCK_ROLES,
+    CLASSIFIER_ROLES,
+    EMBED_ROLES,
+    NORM_ROLES,
+    STEM_ROLES,
+    channel_scores,
+    hidden_scores,
+    slice_state,
+    top_k,
+)
 from supernet.space import SpaceConfig
 
 NOISE = ("gumbel", "uniform", "none")
@@ -193,25 +204,39 @@ class SuperNet(EfficientViT):
             out.append(tuple(best))
         return tuple(out)
 
-    def spec_of(self, choices: Choices) -> ArchSpec:
-        """The concrete spec of a path: identity MetaPaths are dropped."""
-        stages = tuple(
-            StageSpec(s.width, tuple(c for c in stage if c != "id")) for s, stage in zip(self.spec.stages, choices)
-        )
+    def spec_of(self, choices: Choices, widths: tuple[int, ...] | None = None) -> ArchSpec:
+        """The concrete spec of a path (identity MetaPaths dropped), optionally at narrower stage widths."""
+        widths = widths or self.spec.widths
+        stages = tuple(StageSpec(w, tuple(c for c in stage if c != "id")) for w, stage in zip(widths, choices))
         return self.spec.replace(stages=stages).validate()
 
     @torch.no_grad()
-    def extract(self, choices: Choices) -> EfficientViT:
-        """`build_model(spec_of(choices))` with the supernet's weights copied in (inherited weights)."""
-        sub = EfficientViT(self.spec_of(choices))
-        sub.stem.load_state_dict(self.stem.state_dict())
-        sub.norm.load_state_dict(self.norm.state_dict())
-        sub.head.load_state_dict(self.head.state_dict())
-        sub.head_dist.load_state_dict(self.head_dist.state_dict())
-        for sub_stage, stage, codes in zip(sub.stages, self.stages, choices):
-            sub_stage.downsample.load_state_dict(stage.downsample.state_dict())
+    def extract(self, choices: Choices, widths: tuple[int, ...] | None = None) -> EfficientViT:
+        """`build_model(spec_of(choices, widths))` with the supernet's weights copied in (inherited weights).
+        Narrower widths keep each stage's most important channels (criterion in `supernet/slicing.py`)."""
+        spec = self.spec_of(choices, widths)
+        sub = EfficientViT(spec)
+        active = [
+            [getattr(path, "mb" + c) for path, c in zip(stage.paths, codes) if c != "id"]
+            for stage, codes in zip(self.stages, choices)
+        ]
+        idx = []
+        for i, stage in enumerate(self.stages):
+            producer = self.stem.conv2.weight if i == 0 else stage.downsample.conv.weight
+            scores = channel_scores(producer, [b.state_dict() for b in active[i]])
+            idx.append(top_k(scores, spec.widths[i]))
+        sub.stem.load_state_dict(slice_state(self.stem.state_dict(), STEM_ROLES, {"c": idx[0]}))
+        for i, (sub_stage, stage) in enumerate(zip(sub.stages, self.stages)):
+            if i > 0:
+                index = {"c": idx[i], "p": idx[i - 1]}
+                sub_stage.downsample.load_state_dict(slice_state(stage.downsample.state_dict(), EMBED_ROLES, index))
             blocks = [b for b in sub_stage.blocks if not isinstance(b, (Flat, Unflat))]
-            sources = [getattr(path, "mb" + c) for path, c in zip(stage.paths, codes) if c != "id"]
-            for block, src in zip(blocks, sources, strict=True):
-                block.load_state_dict(src.state_dict())
+            hidden = int(spec.widths[i] * spec.mlp_ratio)
+            for block, src in zip(blocks, active[i], strict=True):
+                sd = src.state_dict()
+                index = {"c": idx[i], "h": top_k(hidden_scores(sd), hidden)}
+                block.load_state_dict(slice_state(sd, BLOCK_ROLES, index))
+        sub.norm.load_state_dict(slice_state(self.norm.state_dict(), NORM_ROLES, {"c": idx[3]}))
+        sub.head.load_state_dict(slice_state(self.head.state_dict(), CLASSIFIER_ROLES, {"c": idx[3]}))
+        sub.head_dist.load_state_dict(slice_state(self.head_dist.state_dict(), CLASSIFIER_ROLES, {"c": idx[3]}))
         return sub

@@ -122,3 +122,37 @@ def test_tau_schedules():
     assert c.tau(0, 10) == 5.0 and c.tau(9, 10) == pytest.approx(0.5)
     f = SupernetConfig(tau_start=5.0, tau_decay=0.956, tau_end=0.01)
     assert f.tau(3, 90) == pytest.approx(5.0 * 0.956**3)
+
+
+def test_narrowing_removes_exactly_the_dead_channels():
+    """Oracle for channel slicing: make some channels of stage 2 and some MLP hidden units provably dead (all
+    weights producing and reading them zero). Narrowing to the live ones must then give the same logits as the
+    full-width network, and the sliced weights must load into build_model of the narrower spec."""
+    net = SuperNet(SMALL, num_classes=10)
+    randomize_state(net, seed=5)
+    choices = (("4d", "4d"), ("4d",), ("4d", "id", "4d"), ("4d", "3d"))
+    g = torch.Generator().manual_seed(0)
+    dead = torch.randperm(32, generator=g)[:16]  # stage 2 (index 1): 32 -> 16 channels
+    with torch.no_grad():
+        emb = net.stages[1].downsample
+        for t in (emb.conv.weight, emb.conv.bias, emb.norm.weight, emb.norm.bias, emb.norm.running_mean):
+            t[dead] = 0
+        mlp = net.stages[1].paths[0].mb4d.mlp
+        mlp.fc1.weight[:, dead] = 0
+        for t in (mlp.fc2.weight, mlp.fc2.bias, mlp.norm2.weight, mlp.norm2.bias, mlp.norm2.running_mean):
+            t[dead] = 0
+        dead_h = torch.randperm(128, generator=g)[:64]  # its MLP hidden layer: 128 -> 64 units
+        for t in (mlp.fc1.weight, mlp.fc1.bias, mlp.norm1.weight, mlp.norm1.bias, mlp.norm1.running_mean):
+            t[dead_h] = 0
+        mlp.fc2.weight[:, dead_h] = 0
+    net.eval()
+    full = net.extract(choices)
+    narrow = net.extract(choices, widths=(16, 16, 48, 64))
+    ref = build_model(net.spec_of(choices, (16, 16, 48, 64))).eval()
+    ref.load_state_dict(narrow.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = full.eval()(x), ref(x)
+    assert a.abs().max() > 1e-2
+    assert (a - b).abs().max() <= 1e-5
+    assert narrow.stages[1].blocks[0].mlp.fc1.out_channels == 64

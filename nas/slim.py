@@ -1,0 +1,437 @@
+"""`python -m nas.slim --target-ms 1.6`: slim a trained supernet to latency targets and emit EfficientViT configs.
+
+    python -m nas.slim --target-ms 1.0                        # newest runs/supernet/* and runs/lut/* outputs
+    python -m nas.slim --target-ms 0.6 0.8 1.0 --supernet runs/supernet/X/supernet.pt --lut luts/tiny.csv --out D
+    python -m nas.slim --target-ms 1.0 val_images=1000 bn_batches=2 mb3d_action=mb4d   # hydra overrides
+
+One slimming trajectory serves every target: each target's config is the first state at or below it.
+Nothing is measured: latency comes from the LUT, accuracy from the supernet restricted to each candidate (its
+weights physically sliced, BN statistics re-estimated on training batches) on the held-out validation split.
+
+Outputs (written to a staging folder and moved into --out only when complete):
+    target_<T>ms/arch.yaml, target_<T>ms/weights.pt, trajectory.csv, pareto.png, config.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+from latency_lut.measure import space_rows
+from latency_lut.table import LatencyTable, LUTError
+from nas.arch import ArchSpec, atomic_write_text
+from nas.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from nas.config import ConfigError, compose, setup_logging, to_yaml
+from nas.data import DataConfig, build_datasets
+from nas.errors import UserError, run_cli
+from nas.slimming import SlimState, Slimmer, Step, UnreachableTarget, first_at_or_below
+from nas.train_supernet import SUPERNET_KIND
+from supernet.model import EfficientViT
+from supernet.space import SpaceConfig
+from supernet.supernet import SuperNet
+
+log = logging.getLogger(__name__)
+WEIGHTS_KIND = "efficientvit-nas/weights"
+
+
+@dataclass
+class SlimConfig:
+    target_ms: list[float] = field(default_factory=list)  # one or more latency targets (ms, LUT-predicted)
+    supernet: str | None = None  # supernet.pt; default: the newest runs/supernet/*/supernet.pt
+    lut: str | None = None  # LUT CSV; default: the newest runs/lut/**/lut.csv measured at the supernet's input size
+    out: str | None = None  # output folder; default runs/slim/<timestamp>
+    val_images: int = 2000  # held-out validation images scoring each action (from the supernet's val split)
+    bn_batches: int = 4  # training batches that re-estimate BN statistics before every evaluation
+    batch_size: int = 250
+    width_step: int = 16
+    mb3d_action: str = "identity"  # what "remove the first MB3D" does: identity (drop it) or mb4d (replace it)
+    threads: int = 2
+    seed: int = 0
+    overwrite: bool = False  # allow writing into an --out that already holds slimming results
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def newest(pattern: str, root: Path = Path("runs")) -> list[Path]:
+    return sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def load_supernet(path: Path) -> tuple[SuperNet, dict[str, Any]]:
+    ckpt = load_checkpoint(path, SUPERNET_KIND)
+    meta = ckpt.get("meta", {})
+    try:
+        space = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SpaceConfig), meta["space"]))
+        net = SuperNet(space, int(meta["num_classes"]), int(meta.get("in_chans", 3)))
+        net.load_state_dict(ckpt["model"])
+    except Exception as e:  # a checkpoint whose weights do not fit the space it declares
+        raise CheckpointError(f"{path}: weights do not match its space ({' '.join(str(e).split())[:160]})") from None
+    net.eval()
+    return net, ckpt
+
+
+def pick_inputs(cfg: SlimConfig) -> tuple[Path, Path]:
+    """The supernet and LUT paths, defaulting to the newest run outputs (and saying which were picked)."""
+    if cfg.supernet:
+        sn = Path(cfg.supernet)
+        sn = sn / "supernet.pt" if sn.is_dir() else sn
+    else:
+        found = newest("supernet/*/supernet.pt")
+        if not found:
+            raise UserError(
+                "no supernet given and none found under runs/supernet/; run python -m nas.train_supernet "
+                "first or pass --supernet PATH"
+            )
+        sn = found[0]
+        log.info("using the newest supernet: %s", sn)
+    if cfg.lut:
+        return sn, Path(cfg.lut)
+    found = newest("lut/**/lut.csv")
+    if not found:
+        raise UserError("no LUT given and none found under runs/lut/; run python -m nas.build_lut first or pass --lut")
+    log.info("using the newest LUT: %s", found[0])
+    return sn, found[0]
+
+
+def check_lut_covers(table: LatencyTable, net: SuperNet, step: int) -> None:
+    """The LUT must price every spec the slimmer can reach: the supernet's input size and all its rows."""
+    if table.input_size != net.spec.input_size:
+        raise LUTError(
+            f"{table.source} was measured at {table.input_size} px but the supernet's space "
+            f"({net.space.name}) is {net.spec.input_size} px"
+        )
+    have = set(table.df[["kind", "stage", "in_width", "width"]].itertuples(index=False, name=None))
+    need = space_rows(net.space, net.num_classes) if step == 16 else []
+    miss = [r for r in need if r.key not in have]
+    if miss:
+        raise LUTError(
+            f"{table.source} does not cover the supernet's space {net.space.name} "
+            f"(widths {net.space.widths}): {len(miss)} rows missing, e.g. {miss[0]}"
+        )
+
+
+# --------------------------------------------------------------------------------------------- evaluator
+class SubnetEvaluator:
+    """Accuracy of a slimming state: extract the sliced sub-network, re-estimate BN statistics on cached
+    training batches, then evaluate on cached held-out validation batches."""
+
+    def __init__(self, net: SuperNet, val: list[tuple[torch.Tensor, torch.Tensor]], bn: list[torch.Tensor]):
+        self.net, self.val, self.bn = net, val, bn
+
+    @torch.no_grad()
+    def model(self, state: SlimState) -> EfficientViT:
+        sub = self.net.extract(state.choices, state.widths)
+        recalibrate_bn(sub, self.bn)
+        return sub.eval()
+
+    @torch.no_grad()
+    def __call__(self, state: SlimState) -> float:
+        return evaluate(self.model(state), self.val)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Reset every BatchNorm's running statistics and re-estimate them as a plain average over `batches`."""
+    model.eval()
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+        m.train()
+    for x in batches:
+        model(x)
+    model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in batches:
+        correct += (model(x).argmax(-1) == y).sum().item()
+        total += len(y)
+    return correct / max(total, 1)
+
+
+def cached_batches(data_cfg: DataConfig, cfg: SlimConfig):
+    """Fixed validation and BN-calibration batches, loaded once (evaluation dominates the cost)."""
+    data_cfg = dataclasses.replace(data_cfg, augment=False)
+    splits = build_datasets(data_cfg)
+    n_val = min(cfg.val_images, len(splits.val))
+    val_idx = list(range(n_val))
+    g = torch.Generator().manual_seed(cfg.seed)
+    bn_idx = torch.randperm(len(splits.train), generator=g)[: cfg.bn_batches * cfg.batch_size].tolist()
+
+    def stack(ds, idx):
+        items = [ds[i] for i in idx]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+    vx, vy = stack(splits.val, val_idx)
+    bx, _ = stack(splits.train, bn_idx)
+    bs = cfg.batch_size
+    val = [(vx[i : i + bs], vy[i : i + bs]) for i in range(0, len(vy), bs)]
+    bn = [bx[i : i + bs] for i in range(0, len(bx), bs)]
+    return val, bn
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+def target_dirname(t: float) -> str:
+    return f"target_{t:g}ms"
+
+
+def trajectory_frame(traj: list[Step]) -> pd.DataFrame:
+    rows = []
+    for s in traj:
+        depths = [sum(c != "id" for c in st) for st in s.state.choices]
+        rows.append(
+            {
+                "step": s.step,
+                "action": s.action,
+                "where": s.where,
+                "predicted_ms": s.latency_ms,
+                "val_acc": s.val_acc,
+                "score_pct_per_ms": s.score,
+                "evaluations": s.evaluations,
+                "depths": str(depths),
+                "widths": str(list(s.state.widths)),
+                "mb3d": str([sum(c == "3d" for c in st) for st in s.state.choices]),
+                "choices": "|".join(",".join(st) for st in s.state.choices),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def arch_meta(step: Step, spec: ArchSpec, target: float, table: LatencyTable, sn_path: Path) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "target_ms": target,
+        "predicted_ms": round(step.latency_ms, 6),
+        "val_acc": step.val_acc,
+        "slimming_step": step.step,
+        "depths": list(spec.depths),
+        "widths": list(spec.widths),
+        "mb3d_per_stage": list(spec.num_3d),
+        "lut": {
+            "path": str(table.source),
+            "sha256_16": table.sha,
+            "backend": table.meta["backend"],
+            "device": table.meta["device"],
+            "threads": table.meta["threads"],
+            "batch": table.meta["batch"],
+        },
+        "supernet": str(sn_path),
+    }
+    if spec.timm_incompatibility() is None:
+        kw = spec.to_timm_kwargs()
+        meta["timm"] = {k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}
+    return meta
+
+
+def load_weights(path: str | Path) -> tuple[ArchSpec, EfficientViT]:
+    """A `weights.pt` written by nas.slim, loaded into `build_model(spec)`."""
+    ckpt = load_checkpoint(path, WEIGHTS_KIND)
+    spec = ArchSpec.from_dict(ckpt["spec"])
+    model = EfficientViT(spec)
+    model.load_state_dict(ckpt["model"])
+    return spec, model.eval()
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'target':>8} {'predicted':>10} {'val acc':>8} {'step':>5}  architecture"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['target']:>6g}ms {r['predicted']:>8.3f}ms {r['acc'] * 100:>7.2f}% {r['step']:>5}  {r['arch']}"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- run
+def validate_targets(targets: list[float]) -> list[float]:
+    if not targets:
+        raise ConfigError("give at least one latency target: --target-ms 1.6")
+    for t in targets:
+        if not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ConfigError(f"target {t!r} ms: targets must be positive numbers")
+    return sorted(set(float(t) for t in targets), reverse=True)
+
+
+def min_latency(net: SuperNet, table: LatencyTable, step: int) -> tuple[float, ArchSpec]:
+    """The smallest predicted latency in the space: one block, every stage at its narrowest width."""
+    widths = tuple(w - step * ((w - 1) // step) for w in net.space.widths)
+    best = None
+    for i in range(4):
+        for code in net.stage_choices[i]:
+            if code == "id":
+                continue
+            choices = tuple(tuple("id" for _ in range(d)) for d in net.space.depths)
+            choices = tuple((code,) + c[1:] if k == i else c for k, c in enumerate(choices))
+            spec = net.spec_of(choices, widths)
+            lat = table.predict(spec)
+            if best is None or lat < best[0]:
+                best = (lat, spec)
+    return best
+
+
+def run(cfg: SlimConfig) -> Path:
+    targets = validate_targets(list(cfg.target_ms))
+    if cfg.mb3d_action not in ("identity", "mb4d"):
+        raise ConfigError(f"mb3d_action={cfg.mb3d_action!r}; choose identity or mb4d")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    sn_path, lut_path = pick_inputs(cfg)
+    net, ckpt = load_supernet(sn_path)
+    table = LatencyTable.load(lut_path)
+    check_lut_covers(table, net, cfg.width_step)
+    log.info("supernet %s (space %s), LUT %s (%s)", sn_path, net.space.name, lut_path, table.describe())
+    floor, floor_spec = min_latency(net, table, cfg.width_step)
+    if min(targets) < floor:
+        raise UnreachableTarget(
+            f"target {min(targets):g} ms is below the smallest latency this space reaches on "
+            f"this LUT: {floor:.4g} ms (one block, narrowest widths: depths {floor_spec.depths})"
+        )
+    out = Path(cfg.out) if cfg.out else Path("runs/slim") / time.strftime("%Y%m%d-%H%M%S")
+    if (out / "trajectory.csv").exists() and not cfg.overwrite:
+        raise UserError(f"{out} already holds slimming results; pass another --out or overwrite=true")
+
+    data_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), ckpt["meta"]["config"]["data"]))
+    val, bn = cached_batches(data_cfg, cfg)
+    evaluator = SubnetEvaluator(net, val, bn)
+    start = SlimState(net.derive(include_identity=False), tuple(net.space.widths))
+    path_scores, _ = net.importance()
+
+    def latency(state: SlimState) -> float:
+        return table.predict(net.spec_of(state.choices, state.widths))
+
+    from tqdm import tqdm
+
+    bar = tqdm(desc="slimming", unit="step", dynamic_ncols=True)
+
+    def on_step(s: Step) -> None:
+        bar.update(1)
+        bar.set_postfix(ms=f"{s.latency_ms:.3f}", acc=f"{s.val_acc:.4f}", evals=s.evaluations)
+        log.info(
+            "step %2d %-12s %-18s -> %.4f ms  val_acc %.4f  score %+.3g %%/ms",
+            s.step,
+            s.action,
+            s.where,
+            s.latency_ms,
+            s.val_acc,
+            s.score,
+        )
+
+    slimmer = Slimmer(
+        latency, evaluator, path_scores, cfg.width_step, "id" if cfg.mb3d_action == "identity" else "4d", on_step
+    )
+    t0 = time.time()
+    start_ms = latency(start)
+    traj = slimmer.run(start, min(targets))
+    bar.close()
+    wall = time.time() - t0
+
+    staging = Path(tempfile.mkdtemp(prefix=".slim-staging-", dir=out.parent if out.parent.exists() else None))
+    try:
+        rows = []
+        for t in targets:
+            step = first_at_or_below(traj, t)
+            if step.step == 0:
+                log.info(
+                    "target %g ms is at or above the starting latency %.4g ms: emitting the unslimmed architecture",
+                    t,
+                    start_ms,
+                )
+            spec = net.spec_of(step.state.choices, step.state.widths)
+            model = evaluator.model(step.state)
+            d = staging / target_dirname(t)
+            spec.save(d / "arch.yaml", extra=arch_meta(step, spec, t, table, sn_path))
+            save_atomic(
+                {
+                    "kind": WEIGHTS_KIND,
+                    "spec": spec.to_dict(),
+                    "model": model.state_dict(),
+                    "val_acc": step.val_acc,
+                    "predicted_ms": step.latency_ms,
+                },
+                d / "weights.pt",
+            )
+            rows.append(
+                {
+                    "target": t,
+                    "predicted": step.latency_ms,
+                    "acc": step.val_acc,
+                    "step": step.step,
+                    "arch": step.state.describe(),
+                }
+            )
+        atomic_write_text(staging / "trajectory.csv", trajectory_frame(traj).to_csv(index=False))
+        atomic_write_text(staging / "config.yaml", to_yaml(cfg))
+        from nas.plots import plot_pareto
+
+        plot_pareto(trajectory_frame(traj), targets, staging / "pareto.png")
+        publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(summary_table(rows))
+    print(f"{len(traj) - 1} steps, {slimmer.evaluations} evaluations, {wall:.1f} s; outputs in {out}")
+    return out
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move each finished output from the staging folder into `out` (each move is a rename)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for item in sorted(staging.iterdir()):
+        dest = out / item.name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        os.replace(item, dest)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage + error; we promise one line
+        print(f"error: {message} (see python -m nas.slim --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(argv: list[str]) -> list[str]:
+    """Turn the documented --flags into hydra overrides; key=value arguments pass through."""
+    p = OneLineParser(prog="python -m nas.slim", description=__doc__.split("\n\n")[0])
+    p.add_argument("--target-ms", nargs="+", type=float, metavar="MS", help="latency target(s) in ms")
+    p.add_argument("--supernet", help="supernet.pt or its run folder (default: newest under runs/supernet)")
+    p.add_argument("--lut", help="LUT CSV (default: newest under runs/lut)")
+    p.add_argument("--out", help="output folder (default: runs/slim/<timestamp>)")
+    p.add_argument("overrides", nargs="*", help="hydra overrides for search_configs/slim.yaml, e.g. val_images=1000")
+    a = p.parse_args(argv)
+    overrides = list(a.overrides)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        p.error(f"unrecognized argument {bad[0]!r}; overrides look like key=value")
+    if a.target_ms is not None:
+        overrides.append(f"target_ms=[{','.join(repr(t) for t in a.target_ms)}]")
+    for key in ("supernet", "lut", "out"):
+        if getattr(a, key) is not None:
+            overrides.append(f"{key}={getattr(a, key)}")
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = compose("slim", overrides, SlimConfig)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,258 @@
+"""The slimming engine: actions, scoring, and nas.slim end to end on a small trained supernet."""
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from latency_lut.table import LatencyTable, LUTError
+from nas.arch import ArchSpec
+from nas.build_lut import BuildLUTConfig
+from nas.build_lut import run as build_lut
+from nas.checkpoint import CheckpointError
+from nas.config import ConfigError, compose
+from nas.data import DataConfig, build_datasets
+from nas.slim import SlimConfig, evaluate, load_weights
+from nas.slim import run as slim
+from nas.slimming import (
+    SlimState,
+    Slimmer,
+    UnreachableTarget,
+    drop_least_important_path,
+    narrow_least_important_stage,
+    remove_first_mb3d,
+)
+from nas.train_supernet import TrainSupernetConfig
+from nas.train_supernet import run as train_supernet
+from supernet import build_model
+from tests.test_lut import FAST, SMALL_SPACE
+from tests.test_train_supernet import SMALL
+
+ROOT = Path(__file__).resolve().parent.parent
+S = SlimState((("4d", "4d"), ("4d",), ("4d", "3d", "3d"), ("3d", "3d")), (32, 32, 48, 64))
+SCORES = [[3.0, 0.5], [9.0], [4.0, 2.0, 7.0], [1.0, 6.0]]
+
+
+# ------------------------------------------------------------------------------------------- actions
+def test_drop_path_takes_the_least_important_active_metapath():
+    c = drop_least_important_path(S, SCORES)
+    assert c.state.choices[0] == ("4d", "id") and c.where == "stage1.path2" and c.state.widths == S.widths
+    c2 = drop_least_important_path(c.state, SCORES)  # the dropped path no longer competes
+    assert c2.state.choices[3] == ("id", "3d")
+    one = SlimState((("4d",), (), (), ()), (16, 16, 16, 16))
+    assert drop_least_important_path(one, [[1.0], [], [], []]) is None  # never empties the network
+
+
+def test_remove_first_mb3d_in_network_order():
+    c = remove_first_mb3d(S)
+    assert c.state.choices[2] == ("4d", "id", "3d") and c.state.choices[3] == ("3d", "3d")
+    c4 = remove_first_mb3d(S, to="4d")
+    assert c4.state.choices[2] == ("4d", "4d", "3d")
+    ArchSpec.from_dict(
+        {
+            "stages": [
+                {"width": w, "blocks": [b for b in s if b != "id"]} for w, s in zip(c4.state.widths, c4.state.choices)
+            ]
+        }
+    )  # still a valid suffix
+    assert remove_first_mb3d(SlimState((("4d",), ("4d",), ("4d",), ("4d",)), (16,) * 4)) is None
+
+
+def test_narrow_least_important_stage():
+    # stage sums of active paths: 3.5, 9, 13, 7 -> stage 1 is least important
+    c = narrow_least_important_stage(S, SCORES)
+    assert c.state.widths == (16, 32, 48, 64) and c.where == "stage1: 32->16"
+    # stage 1 cannot go below 16: the next least important (stage 4, 7.0) narrows
+    c2 = narrow_least_important_stage(c.state, SCORES)
+    assert c2.state.widths == (16, 32, 48, 48)
+
+
+def test_importance_ordering_from_hand_set_alpha_drives_the_drop_order():
+    from supernet.supernet import SuperNet
+    from tests.test_supernet import SMALL as SPACE
+
+    net = SuperNet(SPACE, num_classes=10)
+    with torch.no_grad():  # identity probability rises along stage 3; stage 1 paths are very important
+        net.alphas[0].copy_(torch.tensor([[5.0, 0.0], [5.0, 0.0]]))
+        net.alphas[1].copy_(torch.tensor([[5.0, 0.0]]))
+        net.alphas[2].copy_(torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.0, 0.5], [0.0, 0.0, 1.0]]))
+        net.alphas[3].copy_(torch.tensor([[3.0, 0.0, 0.0], [3.0, 0.0, 0.0]]))
+    scores, _ = net.importance()
+    state = SlimState(net.derive(), tuple(SPACE.widths))
+    order = []
+    for _ in range(3):
+        c = drop_least_important_path(state, scores)
+        order.append(c.where)
+        state = c.state
+    assert order == ["stage3.path3", "stage3.path2", "stage3.path1"]
+
+
+def test_slimmer_applies_the_lowest_drop_per_ms_with_mocked_scores():
+    """Mocked latency/accuracy: the action with the lowest accuracy drop per ms wins, a gain beats any drop."""
+    start = SlimState((("4d", "4d"), ("4d",), ("3d",), ("3d",)), (32, 32, 32, 32))
+    scores = [[1.0, 2.0], [3.5], [4.0], [5.0]]
+
+    def latency(s):  # each block costs 1 ms, each channel-step of 16 costs 0.5 ms
+        return s.num_blocks * 1.0 + sum(w // 16 for w in s.widths) * 0.5
+
+    def accuracy(s):
+        acc = 0.90
+        acc -= 0.004 * (2 - sum(c != "id" for c in s.choices[0]))  # dropping a stage-1 path: 0.4 %/1 ms
+        acc -= 0.030 * (sum(c == "3d" for c in s.choices[2] + s.choices[3]) < 2)  # removing MB3D: 3 %/ms
+        acc += 0.001 * (s.widths[0] == 16)  # narrowing stage 1 *improves* accuracy: negative score
+        acc -= 0.02 * sum(w < 32 for w in s.widths[1:])  # narrowing any other stage: 4 %/ms
+        return acc
+
+    slimmer = Slimmer(latency, accuracy, scores)
+    traj = slimmer.run(start, target_ms=latency(start) - 2.2)
+    assert [t.action for t in traj] == ["start", "narrow_stage", "drop_path", "drop_path"]
+    assert traj[1].score < 0 and traj[2].score == pytest.approx(0.4)
+    assert traj[-1].latency_ms <= latency(start) - 2.2
+    assert all(a.latency_ms > b.latency_ms for a, b in zip(traj, traj[1:]))  # latency only decreases
+
+
+def test_slimmer_reports_an_unreachable_target():
+    start = SlimState((("4d",), (), (), ()), (16, 16, 16, 16))
+    with pytest.raises(UnreachableTarget, match="stopped at 1 ms"):
+        Slimmer(lambda s: 1.0, lambda s: 0.5, [[1.0], [], [], []]).run(start, 0.5)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small supernet trained on digits, and a torch LUT covering its space."""
+    root = tmp_path_factory.mktemp("slim")
+    sn = train_supernet(
+        compose("train_supernet", [*SMALL, "train.epochs=2", f"out={root / 'sn'}"], TrainSupernetConfig)
+    )
+    lut = root / "lut.csv"
+    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={lut}"], BuildLUTConfig))
+    from nas.slim import load_supernet
+
+    net, _ = load_supernet(sn / "supernet.pt")
+    start_ms = LatencyTable.load(lut).predict(net.spec_of(net.derive()))
+    return sn / "supernet.pt", lut, start_ms
+
+
+def slim_cfg(trained, out, targets, *extra):
+    sn, lut, _ = trained
+    return compose(
+        "slim",
+        [
+            f"target_ms={targets}",
+            f"supernet={sn}",
+            f"lut={lut}",
+            f"out={out}",
+            "val_images=150",
+            "bn_batches=2",
+            "batch_size=64",
+            "threads=1",
+            *extra,
+        ],
+        SlimConfig,
+    )
+
+
+def test_slim_end_to_end_two_targets(trained, tmp_path):
+    _, lut, start_ms = trained
+    t_hi, t_lo = round(start_ms * 0.8, 4), round(start_ms * 0.55, 4)
+    out = slim(slim_cfg(trained, tmp_path / "out", [t_hi, t_lo]))
+    traj = pd.read_csv(out / "trajectory.csv")
+    assert traj["step"].tolist() == list(range(len(traj))) and traj["action"].iloc[0] == "start"
+    assert (traj["predicted_ms"].diff().dropna() < 0).all()
+    assert {"action", "where", "predicted_ms", "val_acc", "score_pct_per_ms"} <= set(traj.columns)
+    assert (out / "pareto.png").stat().st_size > 1000
+    table = LatencyTable.load(lut)
+    for t in (t_hi, t_lo):
+        d = out / f"target_{t:g}ms"
+        spec = ArchSpec.load(d / "arch.yaml")
+        meta = yaml.safe_load((d / "arch.yaml").read_text())["meta"]
+        assert table.predict(spec) <= t and meta["predicted_ms"] == pytest.approx(table.predict(spec), abs=1e-5)
+        assert meta["lut"]["sha256_16"] == table.sha and meta["lut"]["backend"] == "torch"
+        assert meta["depths"] == list(spec.depths) and meta["mb3d_per_stage"] == list(spec.num_3d)
+        build_model(spec)  # the emitted config builds
+        # inherited weights reproduce the logged accuracy on the held-out validation split
+        wspec, model = load_weights(d / "weights.pt")
+        assert wspec == spec
+        splits = build_datasets(DataConfig(name="digits", input_size=32, val_size=200, augment=False))
+        xs = torch.stack([splits.val[i][0] for i in range(150)])
+        ys = torch.tensor([splits.val[i][1] for i in range(150)])
+        assert evaluate(model, [(xs[:64], ys[:64]), (xs[64:128], ys[64:128]), (xs[128:], ys[128:])]) == meta["val_acc"]
+    # deterministic: the same inputs give the same trajectory
+    again = slim(slim_cfg(trained, tmp_path / "again", [t_hi, t_lo]))
+    pd.testing.assert_frame_equal(pd.read_csv(again / "trajectory.csv"), traj)
+
+
+def test_target_above_start_emits_unslimmed(trained, tmp_path, caplog):
+    _, _, start_ms = trained
+    caplog.set_level(logging.INFO)
+    out = slim(slim_cfg(trained, tmp_path / "o", [round(start_ms * 2, 3)]))
+    traj = pd.read_csv(out / "trajectory.csv")
+    assert len(traj) == 1 and "emitting the unslimmed architecture" in caplog.text
+
+
+def test_target_below_the_space_floor_names_it(trained, tmp_path):
+    with pytest.raises(UnreachableTarget, match=r"smallest latency this space reaches on this LUT: [\d.]+ ms"):
+        slim(slim_cfg(trained, tmp_path / "o", [0.0001]))
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_lut_not_covering_the_space(trained, tmp_path):
+    narrow = tmp_path / "narrow.csv"
+    build_lut(
+        compose("build_lut", [*SMALL_SPACE, *FAST, "space.widths=[16,16,32,16]", f"out={narrow}"], BuildLUTConfig)
+    )
+    with pytest.raises(LUTError, match="does not cover"):
+        slim(slim_cfg(trained, tmp_path / "o", [1.0], f"lut={narrow}"))
+    other_size = tmp_path / "other.csv"
+    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, "space.input_size=64", f"out={other_size}"], BuildLUTConfig))
+    with pytest.raises(LUTError, match="measured at 64 px"):
+        slim(slim_cfg(trained, tmp_path / "o", [1.0], f"lut={other_size}"))
+
+
+def test_bad_supernet_checkpoints(trained, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        slim(slim_cfg(trained, tmp_path / "o", [1.0], f"supernet={tmp_path / 'missing.pt'}"))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        slim(slim_cfg(trained, tmp_path / "o", [1.0], f"supernet={bad}"))
+    ckpt = torch.load(trained[0], weights_only=True)
+    ckpt["meta"]["space"]["widths"] = [32, 32, 32, 32]  # weights from another space than it declares
+    other = tmp_path / "other.pt"
+    torch.save(ckpt, other)
+    with pytest.raises(CheckpointError, match="do not match its space"):
+        slim(slim_cfg(trained, tmp_path / "o", [1.0], f"supernet={other}"))
+
+
+@pytest.mark.parametrize("targets", [[0.0], [-1.0], []])
+def test_non_positive_or_missing_target(trained, tmp_path, targets):
+    with pytest.raises(ConfigError):
+        slim(slim_cfg(trained, tmp_path / "o", targets))
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--target-ms", "fast"], "invalid float value"),
+        (["--target-ms", "-1"], "targets must be positive"),
+        (["--target-ms", "1.0", "val_imagez=3"], "val_imagez"),
+    ],
+)
+def test_cli_bad_input_is_one_line(trained, args, match):
+    r = subprocess.run(
+        [sys.executable, "-m", "nas.slim", *args, "--supernet", str(trained[0]), "--lut", str(trained[1])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and match in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ")
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1
