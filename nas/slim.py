@@ -39,7 +39,7 @@ from nas.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from nas.config import ConfigError, compose, setup_logging, to_yaml
 from nas.data import DataConfig, build_datasets
 from nas.errors import UserError, run_cli
-from nas.slimming import SlimState, Slimmer, Step, UnreachableTarget, first_at_or_below
+from nas.slimming import Slimmer, SlimState, Step, UnreachableTarget, first_at_or_below
 from nas.train_supernet import SUPERNET_KIND
 from supernet.model import EfficientViT
 from supernet.space import SpaceConfig

@@ -20,8 +20,8 @@ from nas.data import DataConfig, build_datasets
 from nas.slim import SlimConfig, evaluate, load_weights
 from nas.slim import run as slim
 from nas.slimming import (
-    SlimState,
     Slimmer,
+    SlimState,
     UnreachableTarget,
     drop_least_important_path,
     narrow_least_important_stage,
