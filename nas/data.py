@@ -41,6 +41,8 @@ class DataConfig:
     val_size: int = 5000  # images held out of the training split for validation / scoring search actions
     train_limit: int = 0  # >0: keep only this many training images (quick runs); the val split is unaffected
     augment: bool = True  # random horizontal flip for tensor datasets; timm's train transform for imagefolder
+    auto_augment: str | None = None  # e.g. "rand-m9-mstd0.5": timm's RandAugment (imagefolder); torchvision's
+    #                                   RandAugment at magnitude m for tensor datasets (train split only)
     seed: int = 0  # fixes the train/val carve-up
     num_workers: int = 0
     # synthetic only
@@ -72,17 +74,23 @@ class TensorImages(Dataset):
         std: float,
         flip: bool = False,
         max_value: float = 255.0,
+        rand_augment: torch.nn.Module | None = None,
     ):
         if images.ndim == 3:
             images = images[:, None]
         self.images, self.labels = images, labels.long()
         self.size, self.mean, self.std, self.flip, self.max_value = size, mean, std, flip, max_value
+        self.rand_augment = rand_augment  # applied to the uint8 image (torchvision RandAugment)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.images[i].float().div(self.max_value)[None]  # (1, C, H, W)
+        img = self.images[i]
+        if self.rand_augment is not None:
+            img = self.rand_augment(img if img.dtype == torch.uint8 else img.mul(255 / self.max_value).byte())
+            img = img.float() * (self.max_value / 255)
+        x = img.float().div(self.max_value)[None]  # (1, C, H, W)
         if x.shape[-1] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         x = (x[0] - self.mean) / self.std
@@ -142,16 +150,45 @@ def _tensor_splits(cfg: DataConfig, x_tr, y_tr, x_te, y_te, num_classes: int, ma
     sample = x_tr[torch.as_tensor(tr_idx[:10000])].float() / max_value
     mean, std = sample.mean().item(), sample.std().item()
 
-    def make(x, y, flip):
-        return TensorImages(x, y, cfg.input_size, mean, std, flip=flip, max_value=max_value)
+    ra = rand_augment(cfg.auto_augment)
+
+    def make(x, y, train):
+        return TensorImages(
+            x,
+            y,
+            cfg.input_size,
+            mean,
+            std,
+            flip=train and cfg.augment,
+            max_value=max_value,
+            rand_augment=ra if train else None,
+        )
 
     tr_idx_t, va_idx_t = torch.as_tensor(tr_idx), torch.as_tensor(va_idx)
     return Splits(
-        train=make(x_tr[tr_idx_t], y_tr[tr_idx_t], cfg.augment),
+        train=make(x_tr[tr_idx_t], y_tr[tr_idx_t], True),
         val=make(x_tr[va_idx_t], y_tr[va_idx_t], False),
         test=make(x_te, y_te, False),
         num_classes=num_classes,
     )
+
+
+def rand_augment(spec: str | None) -> torch.nn.Module | None:
+    """torchvision's RandAugment for uint8 tensor images, from a timm-style string "rand-m<magnitude>-...".
+
+    >>> rand_augment("rand-m7-mstd0.5").magnitude
+    7
+    """
+    if not spec:
+        return None
+    import re
+
+    from torchvision.transforms import RandAugment
+
+    if not spec.startswith("rand"):
+        raise DataError(f"data.auto_augment={spec!r}: tensor datasets support RandAugment strings like 'rand-m9'")
+    m = re.search(r"-m(\d+)", spec)
+    return RandAugment(num_ops=2, magnitude=int(m.group(1)) if m else 9)
 
 
 def fashion_mnist(cfg: DataConfig) -> Splits:
@@ -195,7 +232,7 @@ def imagefolder(cfg: DataConfig) -> Splits:
             raise DataError(
                 f"imagefolder: {root / sub} not found; expected ImageNet layout root/{{train,val}}/<class>/"
             )
-    train_tf = create_transform(cfg.input_size, is_training=cfg.augment)
+    train_tf = create_transform(cfg.input_size, is_training=cfg.augment, auto_augment=cfg.auto_augment)
     eval_tf = create_transform(cfg.input_size, is_training=False)
     train_full = ImageFolder(str(root / "train"), transform=train_tf)
     val_full = ImageFolder(str(root / "train"), transform=eval_tf)

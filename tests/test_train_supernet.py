@@ -144,3 +144,42 @@ def test_two_process_ddp_on_gloo(tmp_path):
     assert "alpha max abs difference across 2 ranks: 0" in r.stderr + r.stdout
     ckpt = load_checkpoint(tmp_path / "supernet.pt", SUPERNET_KIND)
     assert ckpt["epoch"] == 2 and not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def test_recipe_options_mixup_cutmix_ema_randaugment(tmp_path):
+    out = run(
+        small_cfg(
+            tmp_path,
+            "train.epochs=1",
+            "train.mixup=0.8",
+            "train.cutmix=1.0",
+            "train.ema=true",
+            "train.ema_decay=0.9",
+            "data.auto_augment=rand-m9",
+            "train.clip_grad=1.0",
+        )
+    )
+    ckpt = load_checkpoint(out / "supernet.pt", SUPERNET_KIND)
+    assert ckpt["ema"] is not None and ckpt["metrics"][0]["train_loss"] > 0
+    assert any(not torch.equal(ckpt["ema"][k], ckpt["model"][k]) for k in ckpt["model"] if "weight" in k)
+
+
+def test_hard_distillation_from_a_local_timm_teacher(tmp_path):
+    import timm
+
+    teacher = timm.create_model("resnet10t", num_classes=10)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    out = run(
+        small_cfg(
+            tmp_path / "run",
+            "train.epochs=1",
+            "train.distill.teacher=resnet10t",
+            f"train.distill.checkpoint={tmp_path / 'teacher.pt'}",
+        )
+    )
+    assert load_checkpoint(out / "supernet.pt", SUPERNET_KIND)["epoch"] == 1
+    with pytest.raises(TrainingError, match="teacher checkpoint not found"):
+        run(small_cfg(tmp_path / "x", "train.distill.teacher=resnet10t", f"train.distill.checkpoint={tmp_path}/no.pt"))
+    with pytest.raises(TrainingError, match="does not load"):
+        torch.save(timm.create_model("resnet10t", num_classes=5).state_dict(), tmp_path / "t5.pt")
+        run(small_cfg(tmp_path / "y", "train.distill.teacher=resnet10t", f"train.distill.checkpoint={tmp_path}/t5.pt"))
