@@ -84,3 +84,21 @@ def plot_pareto(traj, targets: list[float], path: Path) -> None:
     ax.invert_xaxis()
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_training(metrics: list[dict[str, float]], path: Path) -> None:
+    """Training loss and train/val accuracy per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [m["epoch"] for m in metrics]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax.plot(epochs, [m["train_loss"] for m in metrics], marker="o")
+    ax.set(xlabel="epoch", ylabel="train loss", title="Loss")
+    ax2.plot(epochs, [m["train_acc"] for m in metrics], marker="o", label="train")
+    ax2.plot(epochs, [m["val_acc"] for m in metrics], marker="o", label="val")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+    ax2.legend()
+    _save(fig, path)

@@ -1,6 +1,6 @@
 """`python -m nas.slim --target-ms 1.6`: slim a trained supernet to latency targets and emit EfficientViT configs.
 
-    python -m nas.slim --target-ms 1.0                        # newest runs/supernet/* and runs/lut/* outputs
+    python -m nas.slim --target-ms 1.0                        # the newest supernet.pt and lut.csv under runs/
     python -m nas.slim --target-ms 0.6 0.8 1.0 --supernet runs/supernet/X/supernet.pt --lut luts/tiny.csv --out D
     python -m nas.slim --target-ms 1.0 val_images=1000 bn_batches=2 mb3d_action=mb4d   # hydra overrides
 
@@ -52,8 +52,8 @@ WEIGHTS_KIND = "efficientvit-nas/weights"
 @dataclass
 class SlimConfig:
     target_ms: list[float] = field(default_factory=list)  # one or more latency targets (ms, LUT-predicted)
-    supernet: str | None = None  # supernet.pt; default: the newest runs/supernet/*/supernet.pt
-    lut: str | None = None  # LUT CSV; default: the newest runs/lut/**/lut.csv measured at the supernet's input size
+    supernet: str | None = None  # supernet.pt; default: the newest runs/**/supernet.pt
+    lut: str | None = None  # LUT CSV; default: the newest runs/**/lut.csv
     out: str | None = None  # output folder; default runs/slim/<timestamp>
     val_images: int = 2000  # held-out validation images scoring each action (from the supernet's val split)
     bn_batches: int = 4  # training batches that re-estimate BN statistics before every evaluation
@@ -89,7 +89,7 @@ def pick_inputs(cfg: SlimConfig) -> tuple[Path, Path]:
         sn = Path(cfg.supernet)
         sn = sn / "supernet.pt" if sn.is_dir() else sn
     else:
-        found = newest("supernet/*/supernet.pt")
+        found = newest("**/supernet.pt")
         if not found:
             raise UserError(
                 "no supernet given and none found under runs/supernet/; run python -m nas.train_supernet "
@@ -99,7 +99,7 @@ def pick_inputs(cfg: SlimConfig) -> tuple[Path, Path]:
         log.info("using the newest supernet: %s", sn)
     if cfg.lut:
         return sn, Path(cfg.lut)
-    found = newest("lut/**/lut.csv")
+    found = newest("**/lut.csv")
     if not found:
         raise UserError("no LUT given and none found under runs/lut/; run python -m nas.build_lut first or pass --lut")
     log.info("using the newest LUT: %s", found[0])
@@ -224,14 +224,14 @@ def arch_meta(step: Step, spec: ArchSpec, target: float, table: LatencyTable, sn
         "widths": list(spec.widths),
         "mb3d_per_stage": list(spec.num_3d),
         "lut": {
-            "path": str(table.source),
+            "path": str(Path(table.source).resolve()),
             "sha256_16": table.sha,
             "backend": table.meta["backend"],
             "device": table.meta["device"],
             "threads": table.meta["threads"],
             "batch": table.meta["batch"],
         },
-        "supernet": str(sn_path),
+        "supernet": str(sn_path.resolve()),
     }
     if spec.timm_incompatibility() is None:
         kw = spec.to_timm_kwargs()

@@ -27,11 +27,8 @@ from nas.slimming import (
     narrow_least_important_stage,
     remove_first_mb3d,
 )
-from nas.train_supernet import TrainSupernetConfig
-from nas.train_supernet import run as train_supernet
 from supernet import build_model
 from tests.test_lut import FAST, SMALL_SPACE
-from tests.test_train_supernet import SMALL
 
 ROOT = Path(__file__).resolve().parent.parent
 S = SlimState((("4d", "4d"), ("4d",), ("4d", "3d", "3d"), ("3d", "3d")), (32, 32, 48, 64))
@@ -123,22 +120,6 @@ def test_slimmer_reports_an_unreachable_target():
 
 
 # ------------------------------------------------------------------------------------------ end to end
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A small supernet trained on digits, and a torch LUT covering its space."""
-    root = tmp_path_factory.mktemp("slim")
-    sn = train_supernet(
-        compose("train_supernet", [*SMALL, "train.epochs=2", f"out={root / 'sn'}"], TrainSupernetConfig)
-    )
-    lut = root / "lut.csv"
-    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={lut}"], BuildLUTConfig))
-    from nas.slim import load_supernet
-
-    net, _ = load_supernet(sn / "supernet.pt")
-    start_ms = LatencyTable.load(lut).predict(net.spec_of(net.derive()))
-    return sn / "supernet.pt", lut, start_ms
-
-
 def slim_cfg(trained, out, targets, *extra):
     sn, lut, _ = trained
     return compose(

@@ -1,0 +1,221 @@
+"""`python -m nas.export arch=PATH weights=PATH format=onnx|coreml|torchscript out=DIR`: ship the fused model.
+
+    python -m nas.export arch=runs/slim/X/target_1ms/arch.yaml weights=runs/train/Y/checkpoint.pt format=onnx
+    python -m nas.export arch=l1 format=coreml out=exports/l1          # fresh weights: for latency checks
+
+The exported model is the deploy model (`model.fuse()`: BN folded, LayerScale folded, heads merged).
+ONNX is checked against torch with onnxruntime (max abs diff reported; above `tolerance` it fails).
+CoreML writes an .mlpackage (mlprogram); its numeric check runs only on macOS, where MLModel.predict exists.
+TorchScript is checked against eager. The LUT-predicted latency is reported beside the latency measured on
+the matching backend when that backend runs here. Everything lands in out=DIR/export_<format>.json too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from latency_lut.backends import make_backend
+from latency_lut.measure import MeasureConfig, measure_interleaved
+from latency_lut.table import LatencyTable, LUTError
+from nas.arch import ArchSpec, atomic_write_text, resolve_arch
+from nas.checkpoint import CheckpointError, load_checkpoint
+from nas.config import ConfigError, compose, setup_logging
+from nas.errors import UserError, run_cli
+
+log = logging.getLogger(__name__)
+FORMATS = ("onnx", "coreml", "torchscript")
+WEIGHT_KINDS = ("efficientvit-nas/weights", "efficientvit-nas/train")
+
+
+@dataclass
+class ExportConfig:
+    arch: str = "???"  # a preset or an arch YAML
+    weights: str | None = None  # weights.pt (nas.slim) or checkpoint.pt (nas.train); none: fresh initialisation
+    format: str = "onnx"  # onnx | coreml | torchscript
+    out: str = "exports"  # folder
+    num_classes: int = 0  # presets only: 0 keeps the preset's 1000 classes
+    input_size: int = 0  # presets only: 0 keeps the preset's 224 px
+    tolerance: float = 1e-4  # max abs output difference allowed between the export and torch
+    lut: str | None = None  # LUT for the predicted latency; default: the one recorded in the arch YAML
+    measure: MeasureConfig = field(default_factory=lambda: MeasureConfig(warmup=10, rounds=20, runs_per_round=5))
+
+
+class ExportError(UserError):
+    """The exported model is missing, or disagrees with torch beyond the tolerance."""
+
+
+def load_model(cfg: ExportConfig):
+    from supernet import build_model
+
+    spec = resolve_arch(cfg.arch)
+    if cfg.num_classes or cfg.input_size:
+        spec = spec.replace(
+            num_classes=cfg.num_classes or spec.num_classes, input_size=cfg.input_size or spec.input_size
+        ).validate()
+    model = build_model(spec)
+    if cfg.weights:
+        ckpt = None
+        for kind in WEIGHT_KINDS:
+            try:
+                ckpt = load_checkpoint(cfg.weights, kind)
+                break
+            except CheckpointError as e:
+                if "not a" not in str(e):
+                    raise
+        if ckpt is None:
+            raise CheckpointError(f"{cfg.weights} is neither a nas.slim weights.pt nor a nas.train checkpoint.pt")
+        saved = ckpt.get("spec") or ckpt.get("meta", {}).get("spec")
+        if saved is not None and ArchSpec.from_dict(saved) != spec:
+            raise CheckpointError(f"{cfg.weights} holds weights for another architecture than {cfg.arch}")
+        model.load_state_dict(ckpt["model"])
+    return spec, model.eval().fuse()
+
+
+def export_onnx(model, x: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (x,), str(path), input_names=["image"], output_names=["logits"], dynamo=False, opset_version=17
+        )
+
+
+def check_onnx(path: Path, x: torch.Tensor, ref: torch.Tensor) -> float:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {"image": x.numpy()})
+    return float(np.abs(out - ref.numpy()).max())
+
+
+def export_coreml(model, x: torch.Tensor, path: Path):
+    import coremltools as ct
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, x)
+        mlmodel = ct.convert(
+            traced,
+            inputs=[ct.TensorType(name="image", shape=tuple(x.shape))],
+            outputs=[ct.TensorType(name="logits")],
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS16,
+        )
+    mlmodel.save(str(path))
+    return mlmodel
+
+
+def run(cfg: ExportConfig) -> dict[str, Any]:
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format!r}; choose one of {', '.join(FORMATS)}")
+    spec, model = load_model(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    x = torch.randn(1, spec.in_chans, spec.input_size, spec.input_size)
+    with torch.no_grad():
+        ref = model(x)
+    report: dict[str, Any] = {
+        "arch": cfg.arch,
+        "weights": cfg.weights,
+        "format": cfg.format,
+        "input_shape": list(x.shape),
+        "fused": True,
+    }
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        if cfg.format == "onnx":
+            tmp = staging / "model.onnx"
+            export_onnx(model, x, tmp)
+            report["max_abs_diff_vs_torch"] = diff = check_onnx(tmp, x, ref)
+            report["checked_with"] = "onnxruntime"
+        elif cfg.format == "torchscript":
+            tmp = staging / "model.pt"
+            with torch.no_grad():
+                scripted = torch.jit.trace(model, x)
+                scripted.save(str(tmp))
+                diff = float((torch.jit.load(str(tmp))(x) - ref).abs().max())
+            report["max_abs_diff_vs_torch"], report["checked_with"] = diff, "torch.jit.load"
+        else:
+            tmp = staging / "model.mlpackage"
+            mlmodel = export_coreml(model, x, tmp)
+            if sys.platform == "darwin":
+                pred = mlmodel.predict({"image": x.numpy()})["logits"]
+                report["max_abs_diff_vs_torch"] = diff = float(np.abs(pred - ref.numpy()).max())
+                report["checked_with"] = "MLModel.predict"
+            else:
+                diff = None
+                report["checked_with"] = None
+                report["note"] = "numeric check skipped: CoreML prediction needs macOS (conversion verified)"
+                log.info(report["note"])
+        if diff is not None and diff > cfg.tolerance:
+            raise ExportError(f"{cfg.format} export differs from torch by {diff:.3g} (> tolerance {cfg.tolerance:g})")
+        final = out / tmp.name
+        if final.exists():
+            shutil.rmtree(final) if final.is_dir() else final.unlink()
+        tmp.replace(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report["path"] = str(final)
+    report.update(latency_report(cfg, spec, model, x, final))
+    atomic_write_text(out / f"export_{cfg.format}.json", json.dumps(report, indent=2))
+    diff_txt = f"max |diff| vs torch {report['max_abs_diff_vs_torch']:.2e}" if "max_abs_diff_vs_torch" in report else ""
+    print(f"exported {final} ({cfg.format}) {diff_txt}".rstrip())
+    if report.get("predicted_ms") is not None or report.get("measured_ms") is not None:
+        print(
+            f"latency: LUT-predicted {report.get('predicted_ms')} ms, measured {report.get('measured_ms')} ms "
+            f"({report.get('latency_backend')})"
+        )
+    return report
+
+
+def latency_report(cfg: ExportConfig, spec: ArchSpec, model, x: torch.Tensor, path: Path) -> dict[str, Any]:
+    """The LUT-predicted latency, and the same model measured here on the LUT's backend when possible."""
+    lut_path = cfg.lut
+    if not lut_path and Path(cfg.arch).is_file():
+        from nas.train import arch_meta
+
+        lut_path = arch_meta(cfg.arch).get("lut", {}).get("path")
+    if not lut_path:
+        return {}
+    try:
+        table = LatencyTable.load(lut_path)
+        pred = table.predict(spec)
+    except LUTError as e:
+        log.warning("no LUT-predicted latency: %s", e)
+        return {"lut": str(lut_path)}
+    rep: dict[str, Any] = {
+        "lut": str(lut_path),
+        "predicted_ms": round(pred, 4),
+        "latency_backend": table.meta["backend"],
+    }
+    if table.meta["backend"] not in ("torch", "onnxruntime") or int(table.meta["batch"]) != x.shape[0]:
+        rep["measured_ms"] = None
+        rep["latency_note"] = f"the {table.meta['backend']} backend does not run here; only the prediction is given"
+        return rep
+    backend = make_backend(str(table.meta["backend"]), int(table.meta["threads"]))
+    backend.setup()
+    stats = measure_interleaved([model], lambda m: backend.prepare(m, x), backend, cfg.measure, random.Random(0))
+    rep["measured_ms"] = round(stats[0]["ms"], 4)
+    return rep
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    cfg = compose("export", sys.argv[1:] if argv is None else argv, ExportConfig)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,198 @@
+"""nas.train (scratch, inherited, resume), nas.export (ONNX, TorchScript, CoreML) and nas.pipeline."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nas.arch import ArchSpec
+from nas.checkpoint import CheckpointError, load_checkpoint
+from nas.config import ConfigError, compose
+from nas.export import ExportConfig
+from nas.export import run as export
+from nas.slim import SlimConfig, load_weights
+from nas.slim import run as slim
+from nas.train import TRAIN_KIND, TrainModelConfig
+from nas.train import run as train
+from supernet import build_model
+from tests.test_lut import FAST
+from tests.test_train_supernet import SMALL
+
+DATA = ["data=digits", "train.batch_size=64", "train.eval_batch_size=200", "train.threads=1"]
+
+
+@pytest.fixture(scope="session")
+def slimmed(trained, tmp_path_factory):
+    """An arch.yaml + weights.pt emitted by nas.slim from the shared small supernet."""
+    sn, lut, start_ms = trained
+    out = tmp_path_factory.mktemp("slimmed")
+    t = round(start_ms * 0.7, 4)
+    slim(
+        compose(
+            "slim",
+            [
+                f"target_ms=[{t}]",
+                f"supernet={sn}",
+                f"lut={lut}",
+                f"out={out}",
+                "val_images=150",
+                "bn_batches=2",
+                "batch_size=64",
+                "threads=1",
+            ],
+            SlimConfig,
+        )
+    )
+    return out / f"target_{t:g}ms"
+
+
+def train_cfg(arch, out, *extra):
+    return compose("train", [f"arch={arch}", f"out={out}", *DATA, *extra], TrainModelConfig)
+
+
+def _params(state):
+    return {k: v for k, v in state.items() if not any(s in k for s in ("running_", "num_batches"))}
+
+
+def test_train_scratch_writes_metrics(slimmed, tmp_path):
+    out = train(train_cfg(slimmed / "arch.yaml", tmp_path, "train.epochs=1"))
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= m["test_top1"] <= 1.0 and m["epochs"] == 1 and m["init"] == "scratch"
+    spec = ArchSpec.load(slimmed / "arch.yaml")
+    from supernet.complexity import count_params
+
+    assert m["params_M"] == pytest.approx(count_params(build_model(spec)) / 1e6)
+    assert m["predicted_ms"] is not None and m["predicted_ms"] > 0  # from the LUT recorded in arch.yaml
+    assert (out / "curves.png").stat().st_size > 1000 and (out / "metrics.csv").is_file()
+    inherited = _params(load_checkpoint(slimmed / "weights.pt", "efficientvit-nas/weights")["model"])
+    trained_w = _params(load_checkpoint(out / "checkpoint.pt", TRAIN_KIND)["model"])
+    assert any(not torch.equal(inherited[k], trained_w[k]) for k in inherited)
+
+
+def test_train_inherited_starts_from_the_slimmer_weights(slimmed, tmp_path):
+    """With a zero learning rate, training cannot move the weights: they must still be weights.pt's."""
+    zero = ["train.lr_base=0", "train.lr_min=0", "train.warmup_lr=0", "train.epochs=1"]
+    out = train(train_cfg(slimmed / "arch.yaml", tmp_path, "init=inherited", *zero))
+    inherited = _params(load_checkpoint(slimmed / "weights.pt", "efficientvit-nas/weights")["model"])
+    after = _params(load_checkpoint(out / "checkpoint.pt", TRAIN_KIND)["model"])
+    assert set(inherited) == set(after)
+    assert all(torch.equal(inherited[k], after[k]) for k in inherited)
+
+
+def test_train_preset_and_bad_inputs(tmp_path):
+    with pytest.raises(ConfigError, match="init="):
+        train(train_cfg("l1", tmp_path / "a", "init=warm"))
+    with pytest.raises(ConfigError, match="weights=PATH"):
+        train(train_cfg("l1", tmp_path / "b", "init=inherited", "data.input_size=32"))
+    with pytest.raises(CheckpointError, match="no|not found"):
+        train(train_cfg("l1", tmp_path / "c", f"resume={tmp_path / 'nowhere'}"))
+
+
+def test_train_resume_equals_uninterrupted(slimmed, tmp_path):
+    full = train(train_cfg(slimmed / "arch.yaml", tmp_path / "full", "train.epochs=2"))
+    part = train(train_cfg(slimmed / "arch.yaml", tmp_path / "part", "train.epochs=2", "train.stop_after_epochs=1"))
+    assert not (part / "metrics.json").exists()
+    train(train_cfg(slimmed / "arch.yaml", tmp_path / "x", "train.epochs=2", f"resume={part}"))
+    a = load_checkpoint(full / "checkpoint.pt", TRAIN_KIND)["model"]
+    b = load_checkpoint(part / "checkpoint.pt", TRAIN_KIND)["model"]
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= 1e-6
+    assert (
+        json.loads((part / "metrics.json").read_text())["test_top1"]
+        == json.loads((full / "metrics.json").read_text())["test_top1"]
+    )
+
+
+def test_export_onnx_matches_unfused_torch(slimmed, tmp_path):
+    rep = export(
+        compose(
+            "export",
+            [f"arch={slimmed / 'arch.yaml'}", f"weights={slimmed / 'weights.pt'}", "format=onnx", f"out={tmp_path}"],
+            ExportConfig,
+        )
+    )
+    assert rep["max_abs_diff_vs_torch"] <= 1e-4 and rep["measured_ms"] > 0 and rep["predicted_ms"] > 0
+    import onnxruntime as ort
+
+    _, model = load_weights(slimmed / "weights.pt")  # the independent, *unfused* torch model
+    x = torch.randn(3, 3, 32, 32)
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    for i in range(3):
+        (y,) = sess.run(None, {"image": x[i : i + 1].numpy()})
+        with torch.no_grad():
+            ref = model(x[i : i + 1]).numpy()
+        assert np.abs(y - ref).max() <= 1e-4
+    assert json.loads((tmp_path / "export_onnx.json").read_text())["format"] == "onnx"
+
+
+def test_export_torchscript_and_errors(slimmed, tmp_path):
+    rep = export(
+        compose("export", [f"arch={slimmed / 'arch.yaml'}", "format=torchscript", f"out={tmp_path}"], ExportConfig)
+    )
+    assert rep["max_abs_diff_vs_torch"] == 0.0 and (tmp_path / "model.pt").is_file()
+    with pytest.raises(ConfigError, match="format"):
+        export(compose("export", [f"arch={slimmed / 'arch.yaml'}", "format=tflite", f"out={tmp_path}"], ExportConfig))
+    with pytest.raises(CheckpointError, match="another architecture"):
+        export(compose("export", ["arch=l1", f"weights={slimmed / 'weights.pt'}", f"out={tmp_path}"], ExportConfig))
+
+
+@pytest.mark.slow
+def test_export_coreml_converts_on_linux(slimmed, tmp_path):
+    rep = export(
+        compose(
+            "export",
+            [f"arch={slimmed / 'arch.yaml'}", f"weights={slimmed / 'weights.pt'}", "format=coreml", f"out={tmp_path}"],
+            ExportConfig,
+        )
+    )
+    pkg = tmp_path / "model.mlpackage"
+    assert pkg.is_dir() and (pkg / "Manifest.json").is_file()
+    if sys.platform != "darwin":
+        assert rep["checked_with"] is None and "needs macOS" in rep["note"]
+    else:
+        assert rep["max_abs_diff_vs_torch"] <= 1e-2
+
+
+def test_pipeline_chains_every_step(tmp_path):
+    from nas.pipeline import run as pipeline
+
+    quick = [*SMALL, "train.epochs=1", *FAST, "val_images=100", "bn_batches=1"]
+    rep = pipeline(100.0, tmp_path, quick)
+    assert set(rep["wall_s"]) == {"train_supernet", "build_lut", "slim", "train", "export"}
+    assert 0 <= rep["test_top1"] <= 1 and (tmp_path / "export" / "model.onnx").is_file()
+    again = pipeline(100.0, tmp_path, quick)  # finished steps are skipped on a re-run
+    assert "train_supernet" not in again["wall_s"] and "train" not in again["wall_s"]
+    assert Path(tmp_path / "pipeline.json").is_file()
+
+
+@pytest.mark.slow
+def test_train_two_process_ddp(slimmed, tmp_path):
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29534",
+            "-m",
+            "nas.train",
+            f"arch={slimmed / 'arch.yaml'}",
+            *DATA,
+            "train.epochs=1",
+            f"out={tmp_path}",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 1
