@@ -1,0 +1,94 @@
+"""Supernet training-step cost relative to a standalone network of its largest path.
+
+    python benchmarks/supernet_step.py                      # space=tiny, batch 64, 2 threads
+    python benchmarks/supernet_step.py --batch 128 --rounds 20
+
+Every contender does a full training step (forward, cross-entropy, backward, AdamW step) on the same batch.
+They are timed side by side in one process: after warm-up, each round runs every contender `--per-round`
+times in a freshly shuffled order, and the median over all rounds is reported with the p25-p75 spread.
+Ratios are medians divided by the standalone all-MB4D network's median.
+Contenders: the supernet in soft mode (every branch of every MetaPath runs), in hard mode (straight-through
+Gumbel: one branch per MetaPath), and standalone `build_model` networks of the two largest paths (every
+MetaPath MB4D; and stages 3-4 all MB3D).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nas.config import compose  # noqa: E402
+from nas.train_supernet import TrainSupernetConfig  # noqa: E402
+from supernet import build_model  # noqa: E402
+from supernet.supernet import SuperNet  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--space", default="tiny")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--per-round", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    space = compose("train_supernet", [f"space={a.space}"], TrainSupernetConfig).space
+    soft = SuperNet(space, num_classes=10, hard=False)
+    hard = SuperNet(space, num_classes=10, hard=True)
+    all4d = build_model(space.max_spec(10))
+    all3d_choices = tuple(("3d" if "3d" in soft.stage_choices[i] else "4d",) * d for i, d in enumerate(space.depths))
+    all3d = build_model(soft.spec_of(all3d_choices))
+    models = {
+        "supernet soft": soft,
+        "supernet hard": hard,
+        "standalone all-MB4D": all4d,
+        "standalone MB3D in stages 3-4": all3d,
+    }
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+    x = torch.randn(a.batch, 3, space.input_size, space.input_size)
+    y = torch.randint(0, 10, (a.batch,))
+
+    def step(name: str) -> float:
+        m, opt = models[name], opts[name]
+        m.train()
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(m(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return (time.perf_counter() - t0) * 1e3
+
+    for name in models:
+        for _ in range(a.warmup):
+            step(name)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    rng = random.Random(0)
+    order = list(models)
+    for _ in range(a.rounds):
+        rng.shuffle(order)
+        for name in order:
+            times[name] += [step(name) for _ in range(a.per_round)]
+    base = float(np.median(times["standalone all-MB4D"]))
+    print(
+        f"space={space.name} input={space.input_size}px batch={a.batch} threads={a.threads} "
+        f"({a.rounds} shuffled rounds x {a.per_round} steps; torch {torch.__version__})"
+    )
+    print(f"{'contender':<32}{'median ms':>11}{'p25-p75 ms':>17}{'ratio':>8}")
+    for name, t in times.items():
+        med, p25, p75 = np.median(t), np.percentile(t, 25), np.percentile(t, 75)
+        print(f"{name:<32}{med:>11.1f}{f'{p25:.1f}-{p75:.1f}':>17}{med / base:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
