@@ -341,7 +341,8 @@ def run(cfg: SlimConfig) -> Path:
     bar.close()
     wall = time.time() - t0
 
-    staging = Path(tempfile.mkdtemp(prefix=".slim-staging-", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)  # staging must sit on the same filesystem for os.replace
+    staging = Path(tempfile.mkdtemp(prefix=".slim-staging-", dir=out.parent))
     try:
         rows = []
         for t in targets:

@@ -6,8 +6,8 @@
     torchrun --nproc_per_node=2 -m nas.train_supernet ...          # DistributedDataParallel (gloo on CPU)
 
 The run folder holds supernet.pt (weights, alpha, space, config, input size, and full resume state),
-metrics.csv (per epoch: loss, train/val accuracy, tau, alpha entropy, stage scores), importance.png and
-config.yaml.
+metrics.csv (per epoch: loss, train/val accuracy, tau, alpha entropy, stage scores), importance.png,
+alpha.yaml (softmax(alpha), MetaPath and stage importance, the derived path) and config.yaml.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import yaml
 
+from nas.arch import atomic_write_text
 from nas.checkpoint import CheckpointError, load_checkpoint
 from nas.config import compose, setup_logging, to_yaml
 from nas.data import DataConfig, build_datasets
@@ -110,6 +112,7 @@ class SupernetTrainer(Trainer):
         from nas.plots import plot_importance
 
         plot_importance(self.metrics, self.out_dir / "importance.png")
+        atomic_write_text(self.out_dir / "alpha.yaml", alpha_report(self.model))
 
     def on_finish(self) -> None:
         if self.dist.world_size > 1:  # alpha must be identical on every rank: check rather than assume
@@ -120,6 +123,22 @@ class SupernetTrainer(Trainer):
             log.info("alpha max abs difference across %d ranks: %.3g", self.dist.world_size, diff)
             if diff > 0:
                 raise RuntimeError(f"alpha diverged across ranks (max abs diff {diff})")
+
+
+def alpha_report(model: SuperNet) -> str:
+    """softmax(alpha), per-MetaPath and per-stage importance, and the derived path, as YAML."""
+    paths, stages = model.importance()
+    return yaml.safe_dump(
+        {
+            "choices": [list(c) for c in model.stage_choices],
+            "probabilities": [[[round(v, 6) for v in row] for row in p.tolist()] for p in model.probabilities()],
+            "metapath_importance": [[round(v, 4) for v in s] for s in paths],
+            "stage_importance": [round(v, 4) for v in stages],
+            "derived": [list(c) for c in model.derive()],
+            "tau": model.tau,
+        },
+        sort_keys=False,
+    )
 
 
 def check_space(ckpt: dict[str, Any], space: dict[str, Any], path: Path) -> None:
@@ -180,8 +199,6 @@ def run(cfg: TrainSupernetConfig, dist_info: DistInfo | None = None) -> Path:
     if resume_path is not None:
         trainer.resume(resume_path, resume_ckpt)
     if dist_info.is_main:
-        from nas.arch import atomic_write_text
-
         atomic_write_text(out_dir / "config.yaml", to_yaml(cfg))
         log.info("run folder: %s", out_dir)
     t0 = time.time()

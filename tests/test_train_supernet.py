@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from nas.checkpoint import CheckpointError, load_checkpoint
 from nas.config import ConfigError, compose
@@ -59,6 +60,9 @@ def test_run_writes_outputs(tmp_path):
         assert m[col].notna().all(), col
     assert m["tau"].iloc[0] > m["tau"].iloc[1]  # annealed
     assert (out / "importance.png").stat().st_size > 1000 and (out / "config.yaml").is_file()
+    alpha = yaml.safe_load((out / "alpha.yaml").read_text())
+    assert len(alpha["metapath_importance"]) == 4 and len(alpha["metapath_importance"][2]) == 2
+    assert alpha["stage_importance"][3] == pytest.approx(sum(alpha["metapath_importance"][3]), rel=1e-3)
     assert m["val_acc"].iloc[-1] > 0.2  # above chance (0.1) after two short epochs
 
 
