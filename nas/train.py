@@ -23,17 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader
 
 from latency_lut.table import LatencyTable, LUTError
 from nas.arch import PRESETS, ArchSpec, SpecError, atomic_write_text, resolve_arch
 from nas.checkpoint import CheckpointError, load_checkpoint
-from nas.config import ConfigError, compose, setup_logging, to_yaml
+from nas.config import ConfigError, to_yaml
 from nas.data import DataConfig, build_datasets
 from nas.errors import run_cli
-from nas.trainer import DistInfo, TrainConfig, Trainer, init_distributed
+from nas.trainer import DistInfo, TrainConfig, Trainer, distributed_main
 
 log = logging.getLogger(__name__)
 TRAIN_KIND = "efficientvit-nas/train"
@@ -163,14 +162,7 @@ def run(cfg: TrainModelConfig, dist_info: DistInfo | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    dist_info = init_distributed()
-    setup_logging(logging.INFO if dist_info.is_main else logging.WARNING)
-    cfg = compose("train", sys.argv[1:] if argv is None else argv, TrainModelConfig)
-    try:
-        run(cfg, dist_info)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    distributed_main("train", TrainModelConfig, run, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

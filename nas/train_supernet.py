@@ -26,10 +26,10 @@ import yaml
 
 from nas.arch import atomic_write_text
 from nas.checkpoint import CheckpointError, load_checkpoint
-from nas.config import compose, setup_logging, to_yaml
+from nas.config import to_yaml
 from nas.data import DataConfig, build_datasets
 from nas.errors import run_cli
-from nas.trainer import DistInfo, TrainConfig, Trainer, init_distributed
+from nas.trainer import DistInfo, TrainConfig, Trainer, distributed_main
 from supernet.space import SpaceConfig
 from supernet.supernet import NOISE, SuperNet
 
@@ -217,14 +217,7 @@ def run(cfg: TrainSupernetConfig, dist_info: DistInfo | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    dist_info = init_distributed()
-    setup_logging(logging.INFO if dist_info.is_main else logging.WARNING)
-    cfg = compose("train_supernet", sys.argv[1:] if argv is None else argv, TrainSupernetConfig)
-    try:
-        run(cfg, dist_info)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    distributed_main("train_supernet", TrainSupernetConfig, run, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import csv
 import io
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,21 @@ def init_distributed() -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size())
+
+
+def distributed_main(config_name: str, schema: type, run: Callable[[Any, DistInfo], Any], argv: list[str]) -> None:
+    """The entry point of a training command: join torchrun's process group (if any), log on rank 0 only,
+    compose the config, run, and always leave the process group."""
+    from nas.config import compose, setup_logging
+
+    dist_info = init_distributed()
+    setup_logging(logging.INFO if dist_info.is_main else logging.WARNING)
+    cfg = compose(config_name, argv, schema)
+    try:
+        run(cfg, dist_info)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _np_state() -> dict[str, Any]:
