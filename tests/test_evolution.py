@@ -1,0 +1,47 @@
+import itertools
+
+from nas.evolution import Evolution, EvolutionConfig, repair
+from nas.slimming import SlimState
+
+CHOICES = [("4d", "id"), ("4d", "id"), ("4d", "3d", "id"), ("4d", "3d", "id")]
+DEPTHS = [1, 1, 2, 1]
+WIDTHS = [[32, 16], [32, 16], [32, 16], [32, 16]]
+
+
+def latency(s: SlimState) -> float:
+    return sum(0.1 * w / 16 for w, st in zip(s.widths, s.choices) for c in st if c != "id") + 0.05 * sum(s.widths) / 16
+
+
+def accuracy(s: SlimState) -> float:  # MB3D helps, width helps, stage 2 is worthless
+    return sum(
+        (1.5 if c == "3d" else 1.0) * (w / 32) * (i != 1)
+        for i, (w, st) in enumerate(zip(s.widths, s.choices))
+        for c in st
+        if c != "id"
+    )
+
+
+def all_states():
+    for combo in itertools.product(*[itertools.product(opts, repeat=d) for opts, d in zip(CHOICES, DEPTHS)]):
+        choices = repair(tuple(tuple(s) for s in combo))
+        if any(c != "id" for s in choices for c in s):
+            for widths in itertools.product(*WIDTHS):
+                yield SlimState(choices, widths)
+
+
+def test_evolution_respects_budget_target_and_suffix_and_finds_the_optimum():
+    target = 0.9
+    feasible = [s for s in set(all_states()) if latency(s) <= target]
+    optimum = max(accuracy(s) for s in feasible)
+    evo = Evolution(latency, accuracy, CHOICES, DEPTHS, WIDTHS, EvolutionConfig(population=8, seed=1, max_tries=300))
+    best, acc = evo.run(target, budget=len(feasible))
+    assert latency(best) <= target and len(evo.scores) <= len(feasible)
+    assert all(latency(s) <= target for s in evo.scores)
+    assert all(repair(s.choices) == s.choices for s in evo.scores)
+    assert acc == accuracy(best) == optimum  # with a budget as large as the feasible set, it finds the best
+
+
+def test_evolution_small_budget_is_honoured():
+    evo = Evolution(latency, accuracy, CHOICES, DEPTHS, WIDTHS, EvolutionConfig(population=8, seed=0))
+    evo.run(0.9, budget=5)
+    assert len(evo.scores) == 5
