@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,7 +141,7 @@ def measure_rows(
     cfg: MeasureConfig,
     batch: int,
     on_group: Callable[[list[tuple[Row, dict[str, float]]]], None],
-    progress: Iterable | None = None,
+    progress: Any = None,  # a tqdm bar (anything with update(n))
 ) -> None:
     """Measure `rows` in shuffled groups, calling `on_group` with each finished group's results."""
     rng = random.Random(cfg.seed)

@@ -11,6 +11,11 @@ import torch
 
 from nas.errors import UserError
 
+# The `kind` tag of every checkpoint this project writes.
+SUPERNET_KIND = "efficientvit-nas/supernet"  # nas.train_supernet: supernet.pt
+TRAIN_KIND = "efficientvit-nas/train"  # nas.train: checkpoint.pt
+WEIGHTS_KIND = "efficientvit-nas/weights"  # nas.slim: weights.pt (inherited weights of an emitted arch)
+
 
 class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, of the wrong kind, or from another search space."""
@@ -30,8 +35,9 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
-    """Load a checkpoint written by this project (`weights_only=True`), checking its `kind` tag."""
+def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, Any]:
+    """Load a checkpoint written by this project (`weights_only=True`), checking its `kind` tag (one kind, or
+    a tuple of accepted kinds)."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; expected a checkpoint file")
@@ -43,7 +49,8 @@ def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
         raise CheckpointError(
             f"cannot read checkpoint {path}: the file is corrupt or not a PyTorch checkpoint"
         ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if not isinstance(ckpt, dict) or ckpt.get("kind") not in kinds:
         found = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path} is not a {kind} checkpoint (found {found!r})")
+        raise CheckpointError(f"{path} is not a {' or '.join(kinds)} checkpoint (found {found!r})")
     return ckpt

@@ -30,13 +30,12 @@ from latency_lut.backends import make_backend
 from latency_lut.measure import MeasureConfig, measure_interleaved
 from latency_lut.table import LatencyTable, LUTError
 from nas.arch import ArchSpec, atomic_write_text, resolve_arch
-from nas.checkpoint import CheckpointError, load_checkpoint
+from nas.checkpoint import TRAIN_KIND, WEIGHTS_KIND, CheckpointError, load_checkpoint
 from nas.config import ConfigError, compose, setup_logging
 from nas.errors import UserError, run_cli
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "coreml", "torchscript")
-WEIGHT_KINDS = ("efficientvit-nas/weights", "efficientvit-nas/train")
 
 
 @dataclass
@@ -66,16 +65,7 @@ def load_model(cfg: ExportConfig):
         ).validate()
     model = build_model(spec)
     if cfg.weights:
-        ckpt = None
-        for kind in WEIGHT_KINDS:
-            try:
-                ckpt = load_checkpoint(cfg.weights, kind)
-                break
-            except CheckpointError as e:
-                if "not a" not in str(e):
-                    raise
-        if ckpt is None:
-            raise CheckpointError(f"{cfg.weights} is neither a nas.slim weights.pt nor a nas.train checkpoint.pt")
+        ckpt = load_checkpoint(cfg.weights, (WEIGHTS_KIND, TRAIN_KIND))
         saved = ckpt.get("spec") or ckpt.get("meta", {}).get("spec")
         if saved is not None and ArchSpec.from_dict(saved) != spec:
             raise CheckpointError(f"{cfg.weights} holds weights for another architecture than {cfg.arch}")

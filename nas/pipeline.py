@@ -35,7 +35,7 @@ def route(overrides: list[str], schema: type) -> list[str]:
 
 def run(target_ms: float, out: Path, overrides: list[str], init: str = "scratch", fmt: str = "onnx") -> dict[str, Any]:
     from nas import build_lut, export, slim, train, train_supernet
-    from nas.checkpoint import load_checkpoint
+    from nas.checkpoint import SUPERNET_KIND, load_checkpoint
 
     out = Path(out)
     steps: dict[str, float] = {}
@@ -57,9 +57,7 @@ def run(target_ms: float, out: Path, overrides: list[str], init: str = "scratch"
         train_supernet.TrainSupernetConfig,
     )
     sn_ckpt = out / "supernet" / "supernet.pt"
-    sn_done = (
-        sn_ckpt.is_file() and load_checkpoint(sn_ckpt, train_supernet.SUPERNET_KIND)["epoch"] >= sn_cfg.train.epochs
-    )
+    sn_done = sn_ckpt.is_file() and load_checkpoint(sn_ckpt, SUPERNET_KIND)["epoch"] >= sn_cfg.train.epochs
     if sn_ckpt.is_file() and not sn_done:
         sn_cfg.resume, sn_cfg.out = str(out / "supernet"), None
     timed("train_supernet", lambda: train_supernet.run(sn_cfg), sn_done)

@@ -35,18 +35,16 @@ from omegaconf import OmegaConf
 from latency_lut.measure import space_rows
 from latency_lut.table import LatencyTable, LUTError
 from nas.arch import ArchSpec, atomic_write_text
-from nas.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from nas.checkpoint import SUPERNET_KIND, WEIGHTS_KIND, CheckpointError, load_checkpoint, save_atomic
 from nas.config import ConfigError, compose, setup_logging, to_yaml
 from nas.data import DataConfig, build_datasets
 from nas.errors import UserError, run_cli
 from nas.slimming import Slimmer, SlimState, Step, UnreachableTarget, first_at_or_below
-from nas.train_supernet import SUPERNET_KIND
 from supernet.model import EfficientViT
 from supernet.space import SpaceConfig
 from supernet.supernet import SuperNet
 
 log = logging.getLogger(__name__)
-WEIGHTS_KIND = "efficientvit-nas/weights"
 
 
 @dataclass

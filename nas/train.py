@@ -28,15 +28,13 @@ from torch.utils.data import DataLoader
 
 from latency_lut.table import LatencyTable, LUTError
 from nas.arch import PRESETS, ArchSpec, SpecError, atomic_write_text, resolve_arch
-from nas.checkpoint import CheckpointError, load_checkpoint
+from nas.checkpoint import TRAIN_KIND, WEIGHTS_KIND, CheckpointError, load_checkpoint
 from nas.config import ConfigError, to_yaml
 from nas.data import DataConfig, build_datasets
 from nas.errors import run_cli
 from nas.trainer import DistInfo, TrainConfig, Trainer, distributed_main
 
 log = logging.getLogger(__name__)
-TRAIN_KIND = "efficientvit-nas/train"
-WEIGHTS_KIND = "efficientvit-nas/weights"
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import yaml
 
 from nas.arch import atomic_write_text
-from nas.checkpoint import CheckpointError, load_checkpoint
+from nas.checkpoint import SUPERNET_KIND, CheckpointError, load_checkpoint
 from nas.config import to_yaml
 from nas.data import DataConfig, build_datasets
 from nas.errors import run_cli
@@ -34,7 +34,6 @@ from supernet.space import SpaceConfig
 from supernet.supernet import NOISE, SuperNet
 
 log = logging.getLogger(__name__)
-SUPERNET_KIND = "efficientvit-nas/supernet"
 
 
 @dataclass

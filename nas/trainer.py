@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from nas.arch import atomic_write_text
-from nas.checkpoint import load_checkpoint, save_atomic
+from nas.checkpoint import TRAIN_KIND, load_checkpoint, save_atomic
 from nas.data import Splits
 from nas.errors import UserError
 
@@ -121,8 +121,9 @@ def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
 class Trainer:
     """Train `model` on `splits.train`, validate on `splits.val`, checkpoint to `out_dir/ckpt_name`."""
 
-    kind = "efficientvit-nas/train"
+    kind = TRAIN_KIND
     ckpt_name = "checkpoint.pt"
+    find_unused_parameters = False  # DDP: the supernet sets True (hard mode skips branches)
 
     def __init__(
         self,
@@ -182,8 +183,6 @@ class Trainer:
         if self.dist.world_size <= 1:
             return model
         return nn.parallel.DistributedDataParallel(model, find_unused_parameters=self.find_unused_parameters)
-
-    find_unused_parameters = False
 
     def weight_params(self) -> list[tuple[str, nn.Parameter]]:
         return list(self.model.named_parameters())

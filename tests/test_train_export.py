@@ -9,16 +9,17 @@ import pytest
 import torch
 
 from nas.arch import ArchSpec
-from nas.checkpoint import CheckpointError, load_checkpoint
+from nas.checkpoint import TRAIN_KIND, CheckpointError, load_checkpoint
 from nas.config import ConfigError, compose
 from nas.export import ExportConfig
 from nas.export import run as export
-from nas.slim import SlimConfig, load_weights
+from nas.slim import load_weights
 from nas.slim import run as slim
-from nas.train import TRAIN_KIND, TrainModelConfig
+from nas.train import TrainModelConfig
 from nas.train import run as train
 from supernet import build_model
 from tests.test_lut import FAST
+from tests.test_slim import slim_cfg
 from tests.test_train_supernet import SMALL
 
 DATA = ["data=digits", "train.batch_size=64", "train.eval_batch_size=200", "train.threads=1"]
@@ -30,22 +31,7 @@ def slimmed(trained, tmp_path_factory):
     sn, lut, start_ms = trained
     out = tmp_path_factory.mktemp("slimmed")
     t = round(start_ms * 0.7, 4)
-    slim(
-        compose(
-            "slim",
-            [
-                f"target_ms=[{t}]",
-                f"supernet={sn}",
-                f"lut={lut}",
-                f"out={out}",
-                "val_images=150",
-                "bn_batches=2",
-                "batch_size=64",
-                "threads=1",
-            ],
-            SlimConfig,
-        )
-    )
+    slim(slim_cfg(trained, out, [t]))
     return out / f"target_{t:g}ms"
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from nas.checkpoint import CheckpointError, load_checkpoint
+from nas.checkpoint import SUPERNET_KIND, CheckpointError, load_checkpoint
 from nas.config import ConfigError, compose
-from nas.train_supernet import SUPERNET_KIND, TrainSupernetConfig, run
+from nas.train_supernet import TrainSupernetConfig, run
 from nas.trainer import TrainingError
 
 ROOT = Path(__file__).resolve().parent.parent
