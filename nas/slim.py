@@ -374,11 +374,12 @@ def run(cfg: SlimConfig) -> Path:
                     "arch": step.state.describe(),
                 }
             )
-        atomic_write_text(staging / "trajectory.csv", trajectory_frame(traj).to_csv(index=False))
+        frame = trajectory_frame(traj)
+        atomic_write_text(staging / "trajectory.csv", frame.to_csv(index=False))
         atomic_write_text(staging / "config.yaml", to_yaml(cfg))
         from nas.plots import plot_pareto
 
-        plot_pareto(trajectory_frame(traj), targets, staging / "pareto.png")
+        plot_pareto(frame, targets, staging / "pareto.png")
         publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
