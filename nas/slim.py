@@ -90,7 +90,7 @@ def pick_inputs(cfg: SlimConfig) -> tuple[Path, Path]:
         found = newest("**/supernet.pt")
         if not found:
             raise UserError(
-                "no supernet given and none found under runs/supernet/; run python -m nas.train_supernet "
+                "no supernet given and none found under runs/; run python -m nas.train_supernet "
                 "first or pass --supernet PATH"
             )
         sn = found[0]
@@ -99,7 +99,7 @@ def pick_inputs(cfg: SlimConfig) -> tuple[Path, Path]:
         return sn, Path(cfg.lut)
     found = newest("**/lut.csv")
     if not found:
-        raise UserError("no LUT given and none found under runs/lut/; run python -m nas.build_lut first or pass --lut")
+        raise UserError("no LUT given and none found under runs/; run python -m nas.build_lut first or pass --lut")
     log.info("using the newest LUT: %s", found[0])
     return sn, found[0]
 
