@@ -409,8 +409,8 @@ def parse_args(argv: list[str]) -> list[str]:
     """Turn the documented --flags into hydra overrides; key=value arguments pass through."""
     p = OneLineParser(prog="python -m nas.slim", description=__doc__.split("\n\n")[0])
     p.add_argument("--target-ms", nargs="+", type=float, metavar="MS", help="latency target(s) in ms")
-    p.add_argument("--supernet", help="supernet.pt or its run folder (default: newest under runs/supernet)")
-    p.add_argument("--lut", help="LUT CSV (default: newest under runs/lut)")
+    p.add_argument("--supernet", help="supernet.pt or its run folder (default: the newest supernet.pt under runs/)")
+    p.add_argument("--lut", help="LUT CSV (default: the newest lut.csv under runs/)")
     p.add_argument("--out", help="output folder (default: runs/slim/<timestamp>)")
     p.add_argument("overrides", nargs="*", help="hydra overrides for search_configs/slim.yaml, e.g. val_images=1000")
     a = p.parse_args(argv)
