@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -64,3 +69,12 @@ def trained(tmp_path_factory):
     net, _ = load_supernet(sn / "supernet.pt")
     start_ms = LatencyTable.load(lut).predict(net.spec_of(net.derive()))
     return sn / "supernet.pt", lut, start_ms
+
+
+def torchrun(module: str, args: list[str], port: int) -> subprocess.CompletedProcess:
+    """Run `python -m module args` as two CPU processes under torchrun (gloo), from the repository root."""
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", module]
+    return subprocess.run(
+        [*cmd, *args], cwd=root, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )

@@ -18,6 +18,7 @@ from nas.slim import run as slim
 from nas.train import TrainModelConfig
 from nas.train import run as train
 from supernet import build_model
+from tests.conftest import torchrun
 from tests.test_lut import FAST
 from tests.test_slim import slim_cfg
 from tests.test_train_supernet import SMALL
@@ -155,30 +156,6 @@ def test_pipeline_chains_every_step(tmp_path):
 
 @pytest.mark.slow
 def test_train_two_process_ddp(slimmed, tmp_path):
-    import os
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port=29534",
-            "-m",
-            "nas.train",
-            f"arch={slimmed / 'arch.yaml'}",
-            *DATA,
-            "train.epochs=1",
-            f"out={tmp_path}",
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    r = torchrun("nas.train", [f"arch={slimmed / 'arch.yaml'}", *DATA, "train.epochs=1", f"out={tmp_path}"], port=29534)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 1

@@ -1,6 +1,5 @@
 """nas.train_supernet end to end on small real configs (digits, a small space at 32 px)."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from nas.checkpoint import SUPERNET_KIND, CheckpointError, load_checkpoint
 from nas.config import ConfigError, compose
 from nas.train_supernet import TrainSupernetConfig, run
 from nas.trainer import TrainingError
+from tests.conftest import torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = [
@@ -124,26 +124,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_two_process_ddp_on_gloo(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port=29533",
-            "-m",
-            "nas.train_supernet",
-            *SMALL,
-            "train.epochs=2",
-            f"out={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    r = torchrun("nas.train_supernet", [*SMALL, "train.epochs=2", f"out={tmp_path}"], port=29533)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "alpha max abs difference across 2 ranks: 0" in r.stderr + r.stdout
     ckpt = load_checkpoint(tmp_path / "supernet.pt", SUPERNET_KIND)
