@@ -116,7 +116,11 @@ class LatencyTable:
         return int(self.meta["input_size"])
 
     def missing(self, spec: ArchSpec) -> list[Row]:
-        return [r for r in spec_rows(spec) if r.key not in self._ms]
+        return self.missing_rows(spec_rows(spec))
+
+    def missing_rows(self, rows: list[Row]) -> list[Row]:
+        """The rows among `rows` that the table does not hold."""
+        return [r for r in rows if r.key not in self._ms]
 
     def check(self, spec: ArchSpec) -> None:
         """Raise `LUTError` naming what the table lacks for `spec`."""

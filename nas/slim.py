@@ -111,9 +111,7 @@ def check_lut_covers(table: LatencyTable, net: SuperNet, step: int) -> None:
             f"{table.source} was measured at {table.input_size} px but the supernet's space "
             f"({net.space.name}) is {net.spec.input_size} px"
         )
-    have = set(table.df[["kind", "stage", "in_width", "width"]].itertuples(index=False, name=None))
-    need = space_rows(net.space, net.num_classes) if step == 16 else []
-    miss = [r for r in need if r.key not in have]
+    miss = table.missing_rows(space_rows(net.space, net.num_classes)) if step == 16 else []
     if miss:
         raise LUTError(
             f"{table.source} does not cover the supernet's space {net.space.name} "
@@ -212,7 +210,7 @@ def trajectory_frame(traj: list[Step]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def arch_meta(step: Step, spec: ArchSpec, target: float, table: LatencyTable, sn_path: Path) -> dict[str, Any]:
+def emitted_meta(step: Step, spec: ArchSpec, target: float, table: LatencyTable, sn_path: Path) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "target_ms": target,
         "predicted_ms": round(step.latency_ms, 6),
@@ -354,7 +352,7 @@ def run(cfg: SlimConfig) -> Path:
             spec = net.spec_of(step.state.choices, step.state.widths)
             model = evaluator.model(step.state)
             d = staging / target_dirname(t)
-            spec.save(d / "arch.yaml", extra=arch_meta(step, spec, t, table, sn_path))
+            spec.save(d / "arch.yaml", extra=emitted_meta(step, spec, t, table, sn_path))
             save_atomic(
                 {
                     "kind": WEIGHTS_KIND,

@@ -32,7 +32,7 @@ from nas.checkpoint import TRAIN_KIND, WEIGHTS_KIND, CheckpointError, load_check
 from nas.config import ConfigError, to_yaml
 from nas.data import DataConfig, build_datasets
 from nas.errors import run_cli
-from nas.trainer import DistInfo, TrainConfig, Trainer, distributed_main
+from nas.trainer import DistInfo, TrainConfig, Trainer, checkpoint_to_resume, distributed_main
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,7 @@ def run(cfg: TrainModelConfig, dist_info: DistInfo | None = None) -> Path:
         cfg.data.input_size = resolve_arch(cfg.arch).input_size  # the searched input size wins
     resume_path = None
     if cfg.resume:
-        r = Path(cfg.resume)
-        resume_path = r if r.suffix == ".pt" else r / Trainer.ckpt_name
+        resume_path = checkpoint_to_resume(cfg.resume, Trainer.ckpt_name)
         resume_ckpt = load_checkpoint(resume_path, TRAIN_KIND)  # fail early, before loading data
         out_dir = resume_path.parent
     else:

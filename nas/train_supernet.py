@@ -29,7 +29,7 @@ from nas.checkpoint import SUPERNET_KIND, CheckpointError, load_checkpoint
 from nas.config import to_yaml
 from nas.data import DataConfig, build_datasets
 from nas.errors import run_cli
-from nas.trainer import DistInfo, TrainConfig, Trainer, distributed_main
+from nas.trainer import DistInfo, TrainConfig, Trainer, checkpoint_to_resume, distributed_main
 from supernet.space import SpaceConfig
 from supernet.supernet import NOISE, SuperNet
 
@@ -154,10 +154,7 @@ def check_space(ckpt: dict[str, Any], space: dict[str, Any], path: Path) -> None
 def resolve_run_dir(cfg: TrainSupernetConfig) -> tuple[Path, Path | None]:
     """(output folder, checkpoint to resume from or None)."""
     if cfg.resume:
-        r = Path(cfg.resume)
-        ckpt = r if r.suffix == ".pt" else r / SupernetTrainer.ckpt_name
-        if not ckpt.is_file():
-            raise CheckpointError(f"resume={cfg.resume}: no {SupernetTrainer.ckpt_name} there to resume from")
+        ckpt = checkpoint_to_resume(cfg.resume, SupernetTrainer.ckpt_name)
         return ckpt.parent, ckpt
     if cfg.out:
         return Path(cfg.out), None

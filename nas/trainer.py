@@ -105,6 +105,17 @@ def distributed_main(config_name: str, schema: type, run: Callable[[Any, DistInf
             dist.destroy_process_group()
 
 
+def checkpoint_to_resume(resume: str, ckpt_name: str) -> Path:
+    """`resume=` names a run folder or its checkpoint file; the checkpoint file, which must exist."""
+    from nas.checkpoint import CheckpointError
+
+    r = Path(resume)
+    ckpt = r if r.suffix == ".pt" else r / ckpt_name
+    if not ckpt.is_file():
+        raise CheckpointError(f"resume={resume}: no {ckpt_name} there to resume from")
+    return ckpt
+
+
 def _np_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached}
