@@ -86,10 +86,14 @@ class Embedding(nn.Module):
 
 
 class Flat(nn.Module):
-    """The 4D->3D reshape before the first MB3D: (B, C, H, W) -> (B, H*W, C)."""
+    """The 4D->3D reshape before the first MB3D: (B, C, H, W) -> (B, H*W, C).
+
+    The result is made contiguous, so every block downstream sees the layout it sees anywhere else (a residual
+    add's contiguous output). Without it, the first MB3D of a run (and the head) got a transposed view and paid
+    for it, which a per-block latency table cannot price. In traced exports (ONNX, CoreML) it is a no-op."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(2).transpose(1, 2)
+        return x.flatten(2).transpose(1, 2).contiguous()
 
 
 class Unflat(nn.Module):
@@ -100,8 +104,10 @@ class Unflat(nn.Module):
         self.resolution = resolution
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, C, H, W)
-        # unflatten, unlike reshape(B, C, H, W), traces without shape arithmetic, which CoreML cannot convert
-        return x.transpose(1, 2).unflatten(2, (self.resolution, self.resolution))
+        # unflatten, unlike reshape(B, C, H, W), traces without shape arithmetic, which CoreML cannot convert.
+        # contiguous: a transposed view would make the next strided conv emit channels-last output, and that
+        # layout would then run through the whole next stage at other speeds than the latency table measured.
+        return x.transpose(1, 2).unflatten(2, (self.resolution, self.resolution)).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------- MB4D

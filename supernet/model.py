@@ -1,15 +1,79 @@
-"""`EfficientViT` and `build_model(spec)`: the one builder that turns an `ArchSpec` into a network."""
+"""`EfficientViT` and `build_model(spec)`: the one builder that turns an `ArchSpec` into a network.
+
+`layer_plan(spec)` is the single source of truth for what a network runs, in order: the model is built from it,
+and the latency table prices exactly its entries (`latency_lut.spec_rows` is this plan), so the table cannot
+drift from `build_model`. `EfficientViT.layer_modules()` returns the module that runs each entry.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from timm.layers import calculate_drop_path_rates, trunc_normal_
 
-from nas.arch import ArchSpec, StageSpec
+from nas.arch import ArchSpec
 from supernet.blocks import MB3D, MB4D, Embedding, Flat, Stem, Unflat
 
 BLOCKS: dict[str, type[nn.Module]] = {"4d": MB4D, "3d": MB3D}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One entry of a network's layer plan (stage 0-based).
+
+    kind    stem | embed | mb4d | mb3d | flat | unflat | head
+    stage   the stage it belongs to (the stem to stage 0, the head and the final flatten to stage 3)
+    in_width, width   input and output channels (the head's `width` is num_classes; the stem's in_width is
+                      its first conv's width)
+    resolution        side of the layer's *input* grid
+    """
+
+    kind: str
+    stage: int
+    in_width: int
+    width: int
+    resolution: int
+
+    @property
+    def key(self) -> tuple[str, int, int, int]:
+        return (self.kind, self.stage, self.in_width, self.width)
+
+    def __str__(self) -> str:
+        return f"{self.kind}(stage={self.stage + 1}, {self.in_width}->{self.width}, {self.resolution}px grid)"
+
+
+def stage_plan(spec: ArchSpec, i: int) -> list[Layer]:
+    """Stage `i`'s layers: its embedding (stages 2-4), its blocks with a `flat` before the first MB3D, an `unflat`
+    closing a stage 1-3 that ends in MB3D, and in the last stage a `flat` when it ends in MB4D (the head works on
+    tokens)."""
+    stage, res, w = spec.stages[i], spec.stage_resolution(i), spec.stages[i].width
+    last = i == len(spec.stages) - 1
+    out = [Layer("embed", i, spec.widths[i - 1], w, spec.stage_resolution(i - 1))] if i > 0 else []
+    for j, code in enumerate(stage.blocks):
+        if code == "3d" and (j == 0 or stage.blocks[j - 1] != "3d"):
+            out.append(Layer("flat", i, w, w, res))
+        out.append(Layer("mb" + code, i, w, w, res))
+    ends_3d = stage.num_3d > 0
+    if ends_3d and not last:
+        out.append(Layer("unflat", i, w, w, res))
+    if last and not ends_3d:
+        out.append(Layer("flat", i, w, w, res))
+    return out
+
+
+def layer_plan(spec: ArchSpec) -> list[Layer]:
+    """Every layer `build_model(spec)` runs, in network order (a pure function of the spec).
+
+    >>> from nas.arch import PRESETS
+    >>> [str(r) for r in layer_plan(PRESETS["l1"])][:2]
+    ['stem(stage=1, 24->48, 224px grid)', 'mb4d(stage=1, 48->48, 56px grid)']
+    """
+    plan = [Layer("stem", 0, spec.stem_width, spec.widths[0], spec.input_size)]
+    for i in range(len(spec.stages)):
+        plan += stage_plan(spec, i)
+    return plan + [Layer("head", 3, spec.widths[3], spec.num_classes, spec.stage_resolution(3))]
 
 
 def make_block(code: str, dim: int, spec: ArchSpec, resolution: int, drop_path: float = 0.0) -> nn.Module:
@@ -24,28 +88,23 @@ def make_block(code: str, dim: int, spec: ArchSpec, resolution: int, drop_path: 
 
 
 class EfficientViTStage(nn.Module):
-    """Embedding (skipped for stage 1, which the stem feeds), then the blocks. A `Flat` module sits before
-    the first MB3D and an `Unflat` closes a stage that ends in 3D but is followed by another stage."""
+    """Embedding (skipped for stage 1, which the stem feeds), then the blocks, built from `stage_plan`: a `Flat`
+    sits before the first MB3D, an `Unflat` closes a stage that ends in 3D but is followed by another stage, and
+    the last stage ends in a `Flat` when its last block is MB4D."""
 
-    def __init__(
-        self,
-        in_dim: int,
-        stage: StageSpec,
-        spec: ArchSpec,
-        resolution: int,
-        downsample: bool,
-        unflat: bool,
-        drop_path: list[float],
-    ):
+    def __init__(self, spec: ArchSpec, i: int, drop_path: list[float]):
         super().__init__()
-        self.downsample = Embedding(in_dim, stage.width) if downsample else nn.Identity()
+        plan = stage_plan(spec, i)
+        self.downsample = Embedding(plan[0].in_width, plan[0].width) if plan and plan[0].kind == "embed" else nn.Identity()
         blocks: list[nn.Module] = []
-        for j, code in enumerate(stage.blocks):
-            if code == "3d" and (j == 0 or stage.blocks[j - 1] != "3d"):
+        dp = iter(drop_path)
+        for layer in plan:
+            if layer.kind in ("mb4d", "mb3d"):
+                blocks.append(make_block(layer.kind[2:], layer.width, spec, layer.resolution, next(dp)))
+            elif layer.kind == "flat":
                 blocks.append(Flat())
-            blocks.append(make_block(code, stage.width, spec, resolution, drop_path[j]))
-        if unflat and stage.num_3d:
-            blocks.append(Unflat(resolution))
+            elif layer.kind == "unflat":
+                blocks.append(Unflat(layer.resolution))
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,9 +138,7 @@ class EfficientViT(nn.Module):
 
     def make_stage(self, i: int, in_dim: int, drop_path: list[float]) -> nn.Module:
         """Stage `i` (0-based) of the network; the supernet overrides this to build MetaPaths instead."""
-        spec = self.spec
-        last = i == len(spec.stages) - 1
-        return EfficientViTStage(in_dim, spec.stages[i], spec, spec.stage_resolution(i), i > 0, not last, drop_path)
+        return EfficientViTStage(self.spec, i, drop_path)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -98,10 +155,16 @@ class EfficientViT(nn.Module):
         self.distilled_training = enable
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
-        if x.ndim == 4:  # the last stage ended in MB4D: (B, C, H, W) -> (B, N, C)
-            x = x.flatten(2).transpose(1, 2)
-        return self.norm(x)  # (B, N, C)
+        x = self.stages(self.stem(x))  # the last stage ends on tokens: (B, N, C)
+        return self.norm(x)
+
+    def layer_modules(self) -> list[nn.Module]:
+        """The module running each entry of `layer_plan(self.spec)`, in order; applying them in turn computes
+        `forward`. The latency table times exactly these modules (after `fuse()`)."""
+        mods: list[nn.Module] = [self.stem]
+        for i, stage in enumerate(self.stages):
+            mods += ([stage.downsample] if i > 0 else []) + list(stage.blocks)
+        return mods + [NetworkHead(self)]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
         x = self.head_drop(x.mean(dim=1))  # (B, C)
@@ -135,6 +198,18 @@ class EfficientViT(nn.Module):
             self.head.bias.add_(self.head_dist.bias).mul_(0.5)
             self.head_dist = None
         return self
+
+
+class NetworkHead(nn.Module):
+    """A view of a network's head as one module: final LayerNorm on tokens, mean pool, classifier(s).
+    (B, N, C) -> (B, num_classes). It runs the network's own `norm` and `forward_head`."""
+
+    def __init__(self, net: EfficientViT):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(self.net.norm(x))
 
 
 def build_model(spec: ArchSpec) -> EfficientViT:
