@@ -1,69 +1,91 @@
-"""Measuring rows: the deploy-mode module of each LUT row, and the interleaved timing method.
+"""Measuring a latency table: what each row times, and the interleaved timing method.
 
-Method (see also ../shared/DESIGN.md on noise): modules are built in eval mode and fused exactly as the
-deployed network fuses them (BN into conv, LayerScale into linear/conv, cached attention bias). Rows are
-measured in groups of `interleave`: each gets `warmup` untimed runs, then `rounds` rounds in which every row
-of the group runs `runs_per_round` times, in a freshly shuffled order each round, so that machine drift
-spreads over all rows instead of biasing one. A row's latency is the median of its `rounds x runs_per_round`
-timings; p25/p75 give the spread. Groups are drawn from a shuffled row list, and each finished group is
-written to the CSV at once, so a crash loses at most the group in flight.
+What a row times: its cost *inside a network*, as the difference between two chains. For a layer row, a
+minimal network containing the layer is built with `build_model` and fused for deployment; its own layer
+modules (`EfficientViT.layer_modules`, in `layer_plan` order) up to and including the layer form one chain, and
+the same modules up to the layer before it form the other. Both run on an image, through the backend, and the
+row is the difference of their latencies. So the row sees the input layout, contiguity and dtype, the caches, and
+the neighbouring layer that it sees in a network, and costs a backend pays once per call (onnxruntime's session
+call and its layout conversions at the graph's edges, torch's dispatch into inference mode) cancel. The chain
+differences of a network's layers telescope: their sum plus the empty chain (`call`, the backend's per-call
+overhead, measured once) is a whole network. There is no second copy of the model code.
+
+How items are timed: in groups of `interleave` (a row's two chains always in one group): each item gets
+`warmup` untimed runs, then `rounds` rounds in which every item of the group runs `runs_per_round` times back to
+back, in a freshly shuffled order each round. Back to back is how a deployed model runs, inference after
+inference, so chains and whole networks (calibration, validation, `--verify`) are all timed that way. Shuffling
+spreads machine drift over all items instead of biasing one. An item's latency is the `percentile` (default 25)
+of its timings: on a shared machine interference only ever slows a run down, and a low percentile is far more
+repeatable than the median. p25/p75 give the spread. Each finished group is written at once, so a crash loses at most the group in flight.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from latency_lut.backends import Backend
+from latency_lut.backends import Backend, Runner
 from latency_lut.table import Row
-from nas.arch import ArchSpec
-from supernet.blocks import Embedding, Flat, Stem, Unflat
-from supernet.model import make_block
+from nas.arch import ArchSpec, StageSpec
+from supernet.model import build_model, layer_plan
 from supernet.space import SpaceConfig
 
 log = logging.getLogger(__name__)
+
+CALL = Row("call", 0, 0, 0, 0)  # the backend's per-call overhead: an identity module run through the backend
 
 
 @dataclass
 class MeasureConfig:
     warmup: int = 10
-    rounds: int = 20
-    runs_per_round: int = 5
-    interleave: int = 8  # rows timed together in shuffled rounds; 1 = strictly one row at a time
+    rounds: int = 100
+    runs_per_round: int = 5  # back to back, as a deployed model runs inference after inference
+    interleave: int = 8  # items timed together per group (a row is two items: its two chains)
     seed: int = 0
+    percentile: float = 25.0  # the statistic of an item's timings: interference only ever slows a run down, so a
+    # low percentile is far more repeatable on a shared machine than the median (../shared/DESIGN.md, noise floor)
 
 
-class Head(nn.Module):
-    """The deployed head on tokens: final LayerNorm, mean over tokens, merged classifier. (B, N, C) -> (B, K)."""
+@dataclass(frozen=True)
+class Net:
+    """A whole network measured as one item (a calibration or validation network)."""
 
-    def __init__(self, dim: int, num_classes: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
+    index: int
+    spec: ArchSpec
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(x).mean(dim=1))
+
+@dataclass(frozen=True)
+class Chain:
+    """One of a layer row's two chains: its context network's layers up to and including it, or up to before it."""
+
+    row: Row
+    with_row: bool
+
+
+Item = Union[Row, Net]  # what a table row is measured for; Chain items are how a Row is measured
 
 
 def width_options(max_width: int, step: int = 16) -> list[int]:
-    """Widths a stage can be narrowed to, in steps of 16 from its full width.
+    """Widths a stage can be narrowed to, in steps of `step` from its full width.
 
     >>> width_options(64)
     [64, 48, 32, 16]
+    >>> width_options(64, 32)
+    [64, 32]
     """
     return list(range(max_width, 0, -step))
 
 
-def space_rows(space: SpaceConfig, num_classes: int) -> list[Row]:
-    """Every row a spec from `space` (any depth, widths narrowed in 16-steps, MB3D anywhere legal) can need."""
-    opts = [width_options(w) for w in space.widths]
+def space_rows(space: SpaceConfig, num_classes: int, step: int = 16) -> list[Row]:
+    """Every row a spec from `space` (any depth, widths narrowed in `step`s, MB3D anywhere legal) can need."""
+    opts = [width_options(w, step) for w in space.widths]
     spec = space.max_spec(num_classes)
     res = [spec.stage_resolution(i) for i in range(4)]
     rows = [Row("stem", 0, spec.stem_width, w, space.input_size) for w in opts[0]]
@@ -82,31 +104,74 @@ def space_rows(space: SpaceConfig, num_classes: int) -> list[Row]:
     return rows
 
 
-def row_module(row: Row, spec: ArchSpec, batch: int) -> tuple[nn.Module, torch.Tensor]:
-    """The fused, eval-mode module of a row and a realistic input for it."""
-    r, w, b = row.resolution, row.width, batch
-    if row.kind == "stem":
-        return Stem(spec.in_chans, w, row.in_width).eval().fuse(), torch.randn(b, spec.in_chans, r, r)
+def context_spec(row: Row, base: ArchSpec) -> ArchSpec:
+    """The smallest network with `base`'s hyper-parameters that runs `row` (other stages empty).
+
+    >>> from nas.arch import PRESETS
+    >>> s = context_spec(Row("embed", 2, 96, 224, 28), PRESETS["l1"])
+    >>> [(st.width, st.blocks) for st in s.stages]
+    [(16, ()), (96, ()), (224, ('4d',)), (16, ())]
+    """
+    widths, blocks = [16] * 4, [()] * 4
+    i = row.stage
     if row.kind == "embed":
-        return Embedding(row.in_width, w).eval().fuse(), torch.randn(b, row.in_width, r, r)
-    if row.kind == "mb4d":
-        return make_block("4d", w, spec, r).eval().fuse(), torch.randn(b, w, r, r)
-    if row.kind == "mb3d":
-        # inside the network MB3D receives the transposed (non-contiguous) view Flat produces: feed the same
-        return make_block("3d", w, spec, r).eval().fuse(), torch.randn(b, w, r, r).flatten(2).transpose(1, 2)
-    if row.kind == "flat":
-        return Flat(), torch.randn(b, w, r, r)
-    if row.kind == "unflat":
-        return Unflat(r), torch.randn(b, w, r, r).flatten(2).transpose(1, 2)
-    if row.kind == "head":
-        return Head(row.in_width, row.width).eval(), torch.randn(b, r * r, row.in_width)
-    raise ValueError(f"unknown row kind {row.kind}")
+        widths[i - 1], widths[i], blocks[i] = row.in_width, row.width, ("4d",)
+    elif row.kind == "head":
+        widths[i], blocks[i] = row.in_width, ("4d",)
+    else:  # stem, mb4d, mb3d, flat, unflat: one block in the row's stage (an MB3D where the row needs tokens)
+        widths[i] = row.width
+        blocks[i] = ("3d",) if row.kind in ("mb3d", "flat", "unflat") else ("4d",)
+    return base.replace(stages=tuple(StageSpec(w, b) for w, b in zip(widths, blocks))).validate()
 
 
-def summarize(samples: list[float]) -> dict[str, float]:
+def context_layers(row: Row, base: ArchSpec) -> tuple[ArchSpec, list[nn.Module], int]:
+    """The fused context network of `row`: its spec, its layer modules in plan order, and the row's position."""
+    spec = context_spec(row, base)
+    model = build_model(spec).eval().fuse()
+    keys = [layer.key for layer in layer_plan(spec)]
+    if row.key not in keys:  # a bug in context_spec, not user input
+        raise ValueError(f"{row} is not a layer of its context network")
+    return spec, model.layer_modules(), keys.index(row.key)
+
+
+@torch.no_grad()
+def row_module(row: Row, base: ArchSpec, batch: int) -> tuple[nn.Module, torch.Tensor]:
+    """The fused deploy module of a layer row and the very input it receives inside a network."""
+    spec, modules, k = context_layers(row, base)
+    x = torch.randn(batch, spec.in_chans, spec.input_size, spec.input_size)
+    for module in modules[:k]:
+        x = module(x)
+    return modules[k], x
+
+
+def chain_module(chain: Chain, base: ArchSpec, batch: int) -> tuple[nn.Module, torch.Tensor]:
+    """One of a row's two chains (see module doc) and its image input."""
+    spec, modules, k = context_layers(chain.row, base)
+    x = torch.randn(batch, spec.in_chans, spec.input_size, spec.input_size)
+    return nn.Sequential(*modules[: k + int(chain.with_row)]).eval(), x
+
+
+def item_runner(item: Chain | Row | Net, base: ArchSpec, backend: Backend, batch: int) -> Runner:
+    """A backend runner for a chain, the per-call overhead (`CALL`: the empty chain), or a whole network."""
+    if isinstance(item, Net):
+        return network_runner(item.spec, backend, batch)
+    if isinstance(item, Chain):
+        return backend.prepare(*chain_module(item, base, batch))
+    if item.kind == "call":
+        return backend.prepare(nn.Identity(), torch.randn(batch, base.in_chans, base.input_size, base.input_size))
+    raise ValueError(f"a layer row is measured as two Chain items, not as {item}")
+
+
+def network_runner(spec: ArchSpec, backend: Backend, batch: int) -> Runner:
+    """The fused deploy network of `spec` on a random input, as a backend runner."""
+    model = build_model(spec).eval().fuse()
+    return backend.prepare(model, torch.randn(batch, spec.in_chans, spec.input_size, spec.input_size))
+
+
+def summarize(samples: list[float], percentile: float = 25.0) -> dict[str, float]:
     a = np.asarray(samples)
     return {
-        "ms": float(np.median(a)),
+        "ms": float(np.percentile(a, percentile)),
         "p25_ms": float(np.percentile(a, 25)),
         "p75_ms": float(np.percentile(a, 75)),
         "runs": len(a),
@@ -114,8 +179,8 @@ def summarize(samples: list[float]) -> dict[str, float]:
 
 
 def measure_interleaved(
-    items: list[object],
-    prepare: Callable[[object], Callable[[], object]],
+    items: Sequence[object],
+    prepare: Callable[[Any], Runner],
     backend: Backend,
     cfg: MeasureConfig,
     rng: random.Random,
@@ -131,28 +196,82 @@ def measure_interleaved(
         rng.shuffle(order)
         for k in order:
             samples[k] += backend.time(runners[k], cfg.runs_per_round)
-    return [summarize(s) for s in samples]
+    return [summarize(s, cfg.percentile) for s in samples]
 
 
-def measure_rows(
-    rows: list[Row],
-    spec: ArchSpec,
+def measure_networks(
+    specs: Sequence[ArchSpec] | Sequence[Sequence[ArchSpec]],
+    backend: Backend,
+    cfg: MeasureConfig,
+    batch: int = 1,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Whole fused deploy networks timed in interleaved groups of `cfg.interleave`, as the table's own items are:
+    the one way this project measures a network (validation, calibration, `nas.slim --verify`, export). Pass
+    lists of specs (units) to keep networks whose difference matters in one group. Results follow the input
+    order (flattened)."""
+    units = [list(u) for u in specs] if specs and not isinstance(specs[0], ArchSpec) else [[s] for s in specs]
+    flat = [s for u in units for s in u]
+    rng = random.Random(seed)
+    order = list(range(len(units)))
+    rng.shuffle(order)
+    results: dict[int, dict[str, float]] = {}
+    offsets = np.cumsum([0] + [len(u) for u in units])
+    group: list[int] = []  # positions in `flat`
+    for n, k in enumerate(order):
+        group += list(range(offsets[k], offsets[k + 1]))
+        nxt = len(units[order[n + 1]]) if n + 1 < len(order) else 0
+        if n == len(order) - 1 or len(group) + nxt > max(cfg.interleave, 1):
+            stats = measure_interleaved(
+                [flat[i] for i in group], lambda s: network_runner(s, backend, batch), backend, cfg, rng
+            )
+            results.update(zip(group, stats))
+            group = []
+    return [results[i] for i in range(len(flat))]
+
+
+def chain_difference(with_row: dict[str, float], without: dict[str, float]) -> dict[str, float]:
+    """A row's statistics from its two chains: the difference of their latencies, with the longer chain's spread
+    (clipped at 0: a layer cannot save time)."""
+    base = without["ms"]
+    return {
+        "ms": max(with_row["ms"] - base, 0.0),
+        "p25_ms": max(with_row["p25_ms"] - base, 0.0),
+        "p75_ms": max(with_row["p75_ms"] - base, 0.0),
+        "runs": with_row["runs"],
+    }
+
+
+def measure_items(
+    items: Sequence[Item],
+    base: ArchSpec,
     backend: Backend,
     cfg: MeasureConfig,
     batch: int,
-    on_group: Callable[[list[tuple[Row, dict[str, float]]]], None],
+    on_group: Callable[[list[tuple[Item, dict[str, float]]]], None],
     progress: Any = None,  # a tqdm bar (anything with update(n))
 ) -> None:
-    """Measure `rows` in shuffled groups, calling `on_group` with each finished group's results."""
+    """Measure `items` (layer rows, `CALL`, networks) in shuffled groups, calling `on_group` with each finished
+    group's results. A layer row is measured as its two chains, side by side in one group."""
     rng = random.Random(cfg.seed)
-    rows = list(rows)
-    rng.shuffle(rows)
+    items = list(items)
+    rng.shuffle(items)
     torch.manual_seed(cfg.seed)
-    for start in range(0, len(rows), max(cfg.interleave, 1)):
-        group = rows[start : start + max(cfg.interleave, 1)]
-        stats = measure_interleaved(
-            group, lambda row: backend.prepare(*row_module(row, spec, batch)), backend, cfg, rng
-        )
-        on_group(list(zip(group, stats)))
-        if progress is not None:
-            progress.update(len(group))
+    units = [[Chain(it, True), Chain(it, False)] if isinstance(it, Row) and it.kind != "call" else [it] for it in items]
+    size, group = max(cfg.interleave, 2), []
+    for n, unit in enumerate(units):
+        group += unit
+        if len(group) + 2 > size or n == len(units) - 1:
+            stats = measure_interleaved(group, lambda it: item_runner(it, base, backend, batch), backend, cfg, rng)
+            by_item = dict(zip(group, stats))
+            done = []
+            for it in group:
+                if isinstance(it, Chain):
+                    if it.with_row:
+                        done.append((it.row, chain_difference(by_item[it], by_item[Chain(it.row, False)])))
+                else:
+                    done.append((it, by_item[it]))
+            on_group(done)
+            if progress is not None:
+                progress.update(len(done))
+            group = []

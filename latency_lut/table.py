@@ -1,6 +1,7 @@
-"""The latency lookup table: one CSV row per measured item, and `predict(spec) -> ms` as a pure sum.
+"""The latency lookup table: one CSV row per measured item, and `predict(spec) -> ms`.
 
-Row keys (kind, stage, in_width, width), stage 0-based:
+Row keys (kind, stage, in_width, width), stage 0-based. The block rows are exactly the entries of the model's
+own `layer_plan(spec)` (supernet/model.py), so the table prices what `build_model` runs:
 
     stem    stage 0   in_width = stem conv1 width, width = stage-1 width        (input_size -> input_size/4)
     embed   stage i   in_width = stage i-1 width,   width = stage i width       (stride-2 conv, i = 1..3)
@@ -10,8 +11,21 @@ Row keys (kind, stage, in_width, width), stage 0-based:
     unflat  stage i   the 3D->4D reshape closing a stage 2 that ends in MB3D
     head    stage 3   in_width = final width, width = num_classes              (LayerNorm, mean, classifier)
 
-Every row also carries the measurement's metadata (backend, device, library versions, threads, batch,
-input size), which must be the same on every row of one table.
+Two more kinds are not layers:
+
+    call    the backend's per-call overhead (running an identity module), measured once. Block rows are stored
+            with it subtracted, and a network pays it once: the raw sum of a spec is its layer rows plus `call`.
+    net     a whole calibration network, measured in the same interleaved rounds as the rows. `arch` holds its
+            stages (`encode_stages`), in_width its index. From these rows the table fits its correction.
+
+Calibration (`Calibration`): measured ~ scale * raw_sum, the scale being the median of measured / raw over the
+`net` rows (why not affine: see `Calibration`). `predict` applies it; `raw` is the plain sum. A table
+without `net` rows loads, and says it is uncalibrated. The fit is a pure function of the stored measurements, so
+a table measured on another machine and imported keeps its own calibration.
+
+Every row also carries the measurement's metadata (backend, device, library versions, threads, batch, input
+size) and the `fingerprint`: every block hyper-parameter that changes latency. A spec that differs from the
+fingerprint is refused, naming the field.
 """
 
 from __future__ import annotations
@@ -24,63 +38,116 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nas.arch import ArchSpec
+from nas.arch import ArchSpec, StageSpec
 from nas.errors import UserError
+from supernet.model import Layer, layer_plan
 
-KINDS = ("stem", "embed", "mb4d", "mb3d", "flat", "unflat", "head")
+LAYER_KINDS = ("stem", "embed", "mb4d", "mb3d", "flat", "unflat", "head")
+KINDS = (*LAYER_KINDS, "call", "net")
 KEY_COLUMNS = ["kind", "stage", "in_width", "width"]
 LATENCY_COLUMNS = ["ms", "p25_ms", "p75_ms", "runs"]
 META_COLUMNS = ["backend", "device", "versions", "threads", "batch", "input_size"]
 COLUMNS = KEY_COLUMNS + ["resolution"] + LATENCY_COLUMNS + META_COLUMNS
+OPTIONAL_COLUMNS = ["fingerprint", "arch"]  # absent in tables written before they existed
+CALL_KEY = ("call", 0, 0, 0)
 
 Key = tuple[str, int, int, int]
+Row = Layer  # a table row is keyed like a layer of the model's plan
 
 
 class LUTError(UserError):
     """A latency table is malformed, or does not cover what is asked of it."""
 
 
-@dataclass(frozen=True)
-class Row:
-    kind: str
-    stage: int
-    in_width: int
-    width: int
-    resolution: int  # side of the block's *input* grid
-
-    @property
-    def key(self) -> Key:
-        return (self.kind, self.stage, self.in_width, self.width)
-
-    def __str__(self) -> str:
-        return f"{self.kind}(stage={self.stage + 1}, {self.in_width}->{self.width}, {self.resolution}px grid)"
-
-
 def spec_rows(spec: ArchSpec) -> list[Row]:
-    """The rows whose sum is the latency of `spec`, in network order (a pure function of the spec).
+    """The layer rows whose sum (plus one `call`) is the latency of `spec`: the model's own layer plan.
 
     >>> from nas.arch import PRESETS
     >>> [str(r) for r in spec_rows(PRESETS["l1"])][:2]
     ['stem(stage=1, 24->48, 224px grid)', 'mb4d(stage=1, 48->48, 56px grid)']
     """
-    rows = [Row("stem", 0, spec.stem_width, spec.widths[0], spec.input_size)]
-    last_3d = False
-    for i, stage in enumerate(spec.stages):
-        res = spec.stage_resolution(i)
-        w = stage.width
-        if i > 0:
-            rows.append(Row("embed", i, spec.widths[i - 1], w, spec.stage_resolution(i - 1)))
-        for j, code in enumerate(stage.blocks):
-            if code == "3d" and (j == 0 or stage.blocks[j - 1] != "3d"):
-                rows.append(Row("flat", i, w, w, res))
-            rows.append(Row("mb" + code, i, w, w, res))
-        last_3d = stage.num_3d > 0
-        if last_3d and i < len(spec.stages) - 1:
-            rows.append(Row("unflat", i, w, w, res))
-    if not last_3d:  # the head flattens a network that ends in MB4D
-        rows.append(Row("flat", 3, spec.widths[3], spec.widths[3], spec.stage_resolution(3)))
-    rows.append(Row("head", 3, spec.widths[3], spec.num_classes, spec.stage_resolution(3)))
-    return rows
+    return layer_plan(spec)
+
+
+# ------------------------------------------------------------------------------------------- fingerprint
+def fingerprint(spec: ArchSpec, width_step: int) -> dict[str, Any]:
+    """Every hyper-parameter besides depths and widths that changes a network's latency (and so must match
+    between a table and the specs it prices). The stem's first conv width is fixed by the space (half its
+    stage-1 width), not re-derived from a narrowed stage 1.
+
+    >>> from nas.arch import PRESETS
+    >>> fingerprint(PRESETS["l1"], 16)["stem_width"]
+    24
+    """
+    a = spec.attention
+    return {
+        "in_chans": spec.in_chans,
+        "num_classes": spec.num_classes,
+        "stem_width": spec.stem_width,
+        "mlp_ratio": float(spec.mlp_ratio),
+        "pool_size": spec.pool_size,
+        "attention.key_dim": a.key_dim,
+        "attention.num_heads": a.num_heads,
+        "attention.attn_ratio": float(a.attn_ratio),
+        "width_step": width_step,
+    }
+
+
+def encode_fingerprint(fp: dict[str, Any]) -> str:
+    return ";".join(f"{k}={v}" for k, v in fp.items())
+
+
+def decode_fingerprint(text: str, source: str) -> dict[str, str]:
+    try:
+        return dict(item.split("=", 1) for item in str(text).split(";"))
+    except ValueError:
+        raise LUTError(f"{source}: unreadable fingerprint {str(text)[:80]!r}") from None
+
+
+# ------------------------------------------------------------------------------------ calibration networks
+def encode_stages(spec: ArchSpec) -> str:
+    """A spec's stages as text, for a `net` row's `arch` column.
+
+    >>> from nas.arch import PRESETS
+    >>> encode_stages(PRESETS["l1"])
+    '48:4d,4d,4d|96:4d,4d|224:4d,4d,4d,4d,4d,4d|448:4d,4d,4d,3d'
+    """
+    return "|".join(f"{s.width}:{','.join(s.blocks)}" for s in spec.stages)
+
+
+def decode_stages(text: str, base: ArchSpec) -> ArchSpec:
+    """The spec `encode_stages` wrote, with `base`'s other fields."""
+    stages = []
+    for part in str(text).split("|"):
+        width, _, blocks = part.partition(":")
+        stages.append(StageSpec(int(width), tuple(b for b in blocks.split(",") if b)))
+    return base.replace(stages=tuple(stages)).validate()
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """measured ~ scale * raw: one factor per table, the median of measured / raw over its `n` networks.
+
+    Why a scale alone: the per-call overhead a network pays once is already priced (the `call` row), so the
+    offset an affine fit would estimate is known. Fitted from 12 noisy networks, that offset swung by +-0.1 ms and
+    pushed small networks 20% off (measured on `tiny`, torch: 95-98% of held-out networks within +-10% with the
+    affine fit, 100% with the scale). The median ratio shrugs off a network caught in a burst of interference.
+    """
+
+    scale: float
+    n: int
+
+    def __call__(self, raw_ms: float) -> float:
+        return self.scale * raw_ms
+
+    @classmethod
+    def fit(cls, raw: np.ndarray, measured: np.ndarray) -> Calibration:
+        """
+        >>> Calibration.fit(np.array([1.0, 2.0, 4.0]), np.array([1.1, 2.6, 4.4])).scale
+        1.1
+        """
+        ratios = np.asarray(measured, float) / np.asarray(raw, float)
+        return cls(float(np.median(ratios)), len(ratios))
 
 
 def file_hash(path: str | Path) -> str:
@@ -88,17 +155,31 @@ def file_hash(path: str | Path) -> str:
 
 
 class LatencyTable:
-    """A loaded, validated LUT. `predict` and `missing` never build a model or measure anything."""
+    """A loaded, validated LUT. `predict`, `raw` and `missing` never build a model or measure anything."""
 
     def __init__(self, df: pd.DataFrame, source: str = "<memory>", sha: str = ""):
         self.df, self.source, self.sha = validate_frame(df, source), source, sha
+        layers = self.df[self.df["kind"].isin(LAYER_KINDS + ("call",))]
         self._ms: dict[Key, float] = {
-            (r.kind, int(r.stage), int(r.in_width), int(r.width)): float(r.ms) for r in self.df.itertuples()
+            (r.kind, int(r.stage), int(r.in_width), int(r.width)): float(r.ms) for r in layers.itertuples()
+        }
+        self._spread: dict[Key, float] = {
+            (r.kind, int(r.stage), int(r.in_width), int(r.width)): float(r.p75_ms - r.p25_ms)
+            for r in layers.itertuples()
         }
         first = self.df.iloc[0]
         self.meta: dict[str, Any] = {
             c: (first[c].item() if hasattr(first[c], "item") else first[c]) for c in META_COLUMNS
         }
+        fp = first["fingerprint"] if "fingerprint" in self.df.columns else None
+        self.fingerprint: dict[str, str] | None = (
+            decode_fingerprint(fp, source) if isinstance(fp, str) and fp else None
+        )
+        self.calibration: Calibration | None = None
+        nets = self.networks()
+        if len(nets) >= 3 and not any(self.missing(spec) for spec, _ in nets):  # (a partial build: not yet)
+            raw = np.array([self.raw(spec) for spec, _ in nets])
+            self.calibration = Calibration.fit(raw, np.array([ms for _, ms in nets]))
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
@@ -106,7 +187,7 @@ class LatencyTable:
         if not path.is_file():
             raise LUTError(f"latency table not found: {path}")
         try:
-            df = pd.read_csv(path)
+            df = pd.read_csv(path, keep_default_na=False, na_values=[""])
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise LUTError(f"{path}: not a readable CSV ({' '.join(str(e).split())[:120]})") from None
         return cls(df, str(path), file_hash(path))
@@ -115,6 +196,47 @@ class LatencyTable:
     def input_size(self) -> int:
         return int(self.meta["input_size"])
 
+    @property
+    def call_ms(self) -> float:
+        """The per-call overhead a network pays once (0 in tables written before it was measured)."""
+        return self._ms.get(CALL_KEY, 0.0)
+
+    @property
+    def width_step(self) -> int | None:
+        return int(self.fingerprint["width_step"]) if self.fingerprint else None
+
+    def base_spec(self) -> ArchSpec | None:
+        """A spec carrying the fingerprint's hyper-parameters (stages are placeholders), or None without one."""
+        fp = self.fingerprint
+        if fp is None:
+            return None
+        from nas.arch import AttentionSpec
+
+        stem = int(fp["stem_width"])
+        return ArchSpec(
+            stages=(StageSpec(2 * stem, ("4d",)),) + (StageSpec(16, ()),) * 3,
+            input_size=self.input_size,
+            in_chans=int(fp["in_chans"]),
+            num_classes=int(fp["num_classes"]),
+            stem_width=stem,
+            mlp_ratio=float(fp["mlp_ratio"]),
+            pool_size=int(fp["pool_size"]),
+            attention=AttentionSpec(
+                int(fp["attention.key_dim"]), int(fp["attention.num_heads"]), float(fp["attention.attn_ratio"])
+            ),
+        )
+
+    def networks(self) -> list[tuple[ArchSpec, float]]:
+        """The calibration networks stored in the table, with their measured latency."""
+        nets = self.df[self.df["kind"] == "net"]
+        base = self.base_spec()
+        if nets.empty or base is None:
+            return []
+        try:
+            return [(decode_stages(r.arch, base), float(r.ms)) for r in nets.itertuples()]
+        except (ValueError, UserError) as e:
+            raise LUTError(f"{self.source}: a calibration network's arch is unreadable ({e})") from None
+
     def missing(self, spec: ArchSpec) -> list[Row]:
         return self.missing_rows(spec_rows(spec))
 
@@ -122,29 +244,65 @@ class LatencyTable:
         """The rows among `rows` that the table does not hold."""
         return [r for r in rows if r.key not in self._ms]
 
-    def check(self, spec: ArchSpec) -> None:
-        """Raise `LUTError` naming what the table lacks for `spec`."""
+    def check_fingerprint(self, spec: ArchSpec) -> None:
+        """Refuse a spec whose latency-relevant hyper-parameters differ from the ones the table was measured
+        with, naming the first differing field. (The width step is checked as coverage, by `missing_rows`.)"""
         if spec.input_size != self.input_size:
             raise LUTError(
                 f"{self.source} was measured at input size {self.input_size}, the spec needs {spec.input_size}"
             )
+        if self.fingerprint is None:
+            return
+        for field, value in fingerprint(spec, 0).items():
+            if field == "width_step":
+                continue
+            ours = self.fingerprint.get(field)
+            if ours is None or str(ours) != str(value):
+                raise LUTError(f"{self.source} was measured with {field}={ours}, but this needs {field}={value}")
+
+    def check(self, spec: ArchSpec) -> None:
+        """Raise `LUTError` naming what the table lacks for `spec`."""
+        self.check_fingerprint(spec)
         miss = self.missing(spec)
         if miss:
             shown = ", ".join(str(r) for r in miss[:4]) + (f" and {len(miss) - 4} more" if len(miss) > 4 else "")
             raise LUTError(f"{self.source} lacks {len(miss)} row(s) the spec needs: {shown}")
 
-    def predict(self, spec: ArchSpec) -> float:
-        """Predicted latency of `spec` in ms: the sum of its rows."""
+    def raw(self, spec: ArchSpec) -> float:
+        """The plain sum: the spec's layer rows plus one per-call overhead (ms)."""
         self.check(spec)
-        return float(sum(self._ms[r.key] for r in spec_rows(spec)))
+        return float(sum(self._ms[r.key] for r in spec_rows(spec))) + self.call_ms
+
+    def predict(self, spec: ArchSpec, calibrated: bool = True) -> float:
+        """Predicted latency of `spec` in ms: the calibrated raw sum (the raw sum if uncalibrated)."""
+        raw = self.raw(spec)
+        return self.calibration(raw) if calibrated and self.calibration is not None else raw
+
+    def noise(self, a: ArchSpec, b: ArchSpec) -> float:
+        """The rows' own spread (p75 - p25, summed) over the rows in which two specs differ: a predicted
+        difference smaller than this is within measurement noise."""
+        from collections import Counter
+
+        ka, kb = Counter(r.key for r in spec_rows(a)), Counter(r.key for r in spec_rows(b))
+        diff = (ka - kb) + (kb - ka)
+        return float(sum(self._spread[k] * n for k, n in diff.items()))
 
     def describe(self) -> str:
         m = self.meta
-        return f"{m['backend']} on {m['device']}, {m['threads']} thread(s), batch {m['batch']}, {m['input_size']} px"
+        cal = (
+            f"calibrated on {self.calibration.n} networks (x{self.calibration.scale:.3f})"
+            if self.calibration
+            else "uncalibrated"
+        )
+        return (
+            f"{m['backend']} on {m['device']}, {m['threads']} thread(s), batch {m['batch']}, {m['input_size']} px, "
+            f"{cal}"
+        )
 
 
 def validate_frame(df: pd.DataFrame, source: str) -> pd.DataFrame:
     """Schema checks: columns, kinds, numbers, no NaN/negative/duplicate rows, one set of metadata."""
+    df = df.copy()
     missing_cols = [c for c in COLUMNS if c not in df.columns]
     if missing_cols:
         raise LUTError(f"{source}: missing column(s) {missing_cols}; not a latency table written by nas.build_lut")
@@ -171,7 +329,10 @@ def validate_frame(df: pd.DataFrame, source: str) -> pd.DataFrame:
     if dup.any():
         r = df[dup].iloc[0]
         raise LUTError(f"{source}: duplicate rows for {r['kind']} stage={r['stage']} {r['in_width']}->{r['width']}")
-    for col in META_COLUMNS:
+    nets = df["kind"] == "net"
+    if nets.any() and ("arch" not in df.columns or df.loc[nets, "arch"].isna().any()):
+        raise LUTError(f"{source}: a calibration network ('net' row) has no arch")
+    for col in META_COLUMNS + (["fingerprint"] if "fingerprint" in df.columns else []):
         if df[col].nunique(dropna=False) != 1:
             raise LUTError(
                 f"{source}: rows disagree on {col!r} ({sorted(map(str, df[col].unique()))[:3]}); "

@@ -4,7 +4,11 @@
     python -m nas.build_lut space=tiny backend=onnxruntime out=luts/tiny_ort.csv
     python -m nas.build_lut backend=coreml convert_only=true        # CoreML compatibility check (any OS)
 
-Re-running with the same `out=` skips rows already in the CSV (resume). The method is in latency_lut/measure.py.
+Re-running with the same `out=` skips rows already in the CSV (resume). The method is in latency_lut/measure.py:
+the backend's per-call overhead (the `call` row, the empty chain), every layer row (as the difference of two
+chains of the network's own layers) and `calibration_networks` whole networks spanning the space's latency range,
+together in shuffled interleaved groups. The table fits its calibration on the whole networks
+(latency_lut/table.py).
 """
 
 from __future__ import annotations
@@ -19,8 +23,19 @@ from pathlib import Path
 import pandas as pd
 
 from latency_lut.backends import BACKENDS, make_backend
-from latency_lut.measure import MeasureConfig, measure_rows, row_module, space_rows
-from latency_lut.table import COLUMNS, KEY_COLUMNS, LatencyTable, LUTError, Row
+from latency_lut.measure import CALL, MeasureConfig, Net, measure_items, row_module, space_rows
+from latency_lut.sampling import mixed_specs
+from latency_lut.table import (
+    CALL_KEY,
+    COLUMNS,
+    KEY_COLUMNS,
+    LatencyTable,
+    LUTError,
+    Row,
+    encode_fingerprint,
+    encode_stages,
+    fingerprint,
+)
 from nas.arch import atomic_write_text
 from nas.config import ConfigError, compose, setup_logging
 from nas.errors import run_cli
@@ -39,6 +54,9 @@ class BuildLUTConfig:
     num_classes: int = 10  # the head row's classifier width; must match the supernet's data
     in_chans: int = 3
     convert_only: bool = False  # coreml: convert every block and report failures, no timing
+    width_step: int = 16  # stage widths are measured in steps of this many channels
+    calibration_networks: int = 12  # whole networks measured with the rows; the table fits its correction on them
+    calibration_seed: int = 1000  # validation draws with other seeds and skips these networks
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
 
@@ -55,10 +73,11 @@ def existing_rows(path: Path, meta: dict[str, object]) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
     table = LatencyTable.load(path)
+    theirs = {**table.meta, "fingerprint": table.df["fingerprint"].iloc[0] if "fingerprint" in table.df else None}
     for k, v in meta.items():
-        if str(table.meta[k]) != str(v):
+        if str(theirs[k]) != str(v):
             raise LUTError(
-                f"{path} exists with {k}={table.meta[k]!r}, this run has {k}={v!r}; choose another out= or delete it"
+                f"{path} exists with {k}={theirs[k]!r}, this run has {k}={v!r}; choose another out= or delete it"
             )
     return table.df
 
@@ -66,10 +85,12 @@ def existing_rows(path: Path, meta: dict[str, object]) -> pd.DataFrame:
 def run(cfg: BuildLUTConfig) -> Path:
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"backend={cfg.backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
+    if cfg.width_step <= 0 or cfg.calibration_networks < 0:
+        raise ConfigError("width_step must be positive and calibration_networks non-negative")
     backend = make_backend(cfg.backend, cfg.threads, cfg.convert_only)
     backend.setup()
     spec = cfg.space.max_spec(cfg.num_classes, cfg.in_chans)
-    rows = space_rows(cfg.space, cfg.num_classes)
+    rows = space_rows(cfg.space, cfg.num_classes, cfg.width_step)
     if cfg.backend == "coreml" and cfg.convert_only:
         return coreml_check(cfg, rows)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
@@ -80,35 +101,53 @@ def run(cfg: BuildLUTConfig) -> Path:
         "threads": cfg.threads,
         "batch": cfg.batch,
         "input_size": cfg.space.input_size,
+        "fingerprint": encode_fingerprint(fingerprint(spec, cfg.width_step)),
     }
     df = existing_rows(out, meta)
     done = set(map(tuple, df[KEY_COLUMNS].astype({"stage": int, "in_width": int, "width": int}).to_numpy().tolist()))
-    todo = [r for r in rows if r.key not in done]
+    nets = [
+        Net(k, s)
+        for k, s in enumerate(
+            mixed_specs(cfg.space, cfg.num_classes, cfg.calibration_networks, cfg.calibration_seed, cfg.width_step,
+                        spread=True)
+        )
+    ]
+    todo = [r for r in rows if r.key not in done] + [n for n in nets if ("net", 3, n.index, 0) not in done]
     log.info(
-        "LUT %s: %d rows for space %s at %d px (%s); %d already measured, %d to go",
+        "LUT %s: %d rows and %d calibration networks for space %s at %d px (%s); %d already measured, %d to go",
         out,
         len(rows),
+        len(nets),
         cfg.space.name,
         cfg.space.input_size,
         backend.name,
-        len(rows) - len(todo),
+        len(rows) + len(nets) - len(todo),
         len(todo),
     )
     frames = [df] if len(df) else []
 
-    def on_group(results: list[tuple[Row, dict[str, float]]]) -> None:
-        new = pd.DataFrame([{**dataclasses.asdict(r), **stats, **meta} for r, stats in results])[COLUMNS]
-        frames.append(new)
-        write_csv_atomic(pd.concat(frames, ignore_index=True), out)
+    def on_group(results: list[tuple[object, dict[str, float]]]) -> None:
+        frames.append(pd.DataFrame([table_row(item, stats, meta) for item, stats in results]))
+        write_csv_atomic(pd.concat(frames, ignore_index=True)[COLUMNS + ["fingerprint", "arch"]], out)
 
+    if CALL_KEY not in done:
+        todo.append(CALL)
     from tqdm import tqdm
 
-    with tqdm(total=len(todo), desc=f"measuring ({backend.name})", unit="row", dynamic_ncols=True) as bar:
-        measure_rows(todo, spec, backend, cfg.measure, cfg.batch, on_group, bar)
-    table = LatencyTable.load(out)  # re-validate what was written
+    with tqdm(total=len(todo), desc=f"measuring ({backend.name})", unit="item", dynamic_ncols=True) as bar:
+        measure_items(todo, spec, backend, cfg.measure, cfg.batch, on_group, bar)
+    table = LatencyTable.load(out)  # re-validate what was written, and fit the calibration
     log.info("wrote %s: %d rows, %s", out, len(table.df), table.describe())
     print(out)
     return out
+
+
+def table_row(item: Row | Net, stats: dict[str, float], meta: dict[str, object]) -> dict[str, object]:
+    """One CSV row: a layer row (its chain difference), the per-call overhead, or a calibration network."""
+    if isinstance(item, Net):
+        key = {"kind": "net", "stage": 3, "in_width": item.index, "width": 0, "resolution": item.spec.input_size}
+        return {**key, **stats, **meta, "arch": encode_stages(item.spec)}
+    return {**dataclasses.asdict(item), **stats, **meta, "arch": ""}
 
 
 def coreml_check(cfg: BuildLUTConfig, rows: list[Row]) -> Path:

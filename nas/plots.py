@@ -43,7 +43,7 @@ def plot_importance(metrics: list[dict[str, float]], path: Path) -> None:
 
 
 def plot_lut_validation(pred, meas, calibrated, path: Path, title: str = "") -> None:
-    """Predicted (sum of LUT rows, and affine-corrected) against measured whole-network latency."""
+    """Predicted (raw sum of LUT rows, and the table's calibrated `predict`) against measured latency."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,8 +53,8 @@ def plot_lut_validation(pred, meas, calibrated, path: Path, title: str = "") -> 
     lo, hi = min(min(pred), min(meas)) * 0.9, max(max(pred), max(meas), max(calibrated)) * 1.1
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
     ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="±10%")
-    ax.scatter(meas, pred, s=18, label="sum of LUT rows")
-    ax.scatter(meas, calibrated, s=18, marker="x", label="affine (leave-one-out)")
+    ax.scatter(meas, pred, s=18, label="raw sum of LUT rows")
+    ax.scatter(meas, calibrated, s=18, marker="x", label="predict (calibrated)")
     ax.set(
         xlabel="measured latency (ms)",
         ylabel="predicted latency (ms)",

@@ -1,11 +1,18 @@
-"""`python -m nas.validate_lut lut=PATH.csv samples=N`: does the LUT predict whole networks?
+"""`python -m nas.validate_lut lut=PATH.csv samples=40`: does the LUT predict whole networks, and their differences?
 
-Samples N random specs from the space (mixed depths, widths and MB3D counts), measures each whole fused
-deploy network end to end on the LUT's own backend and settings, interleaved in shuffled rounds, and compares
-with `predict`. Reports median absolute % error, the share within +-10%, Spearman rank correlation and the
-worst cases; writes validation.csv and a predicted-vs-measured scatter PNG beside the LUT (or in out=).
-Also reports an affine correction (measured ~ a * predicted + b) fitted leave-one-out, so its figures are
-out-of-sample.
+Held-out networks: `samples` networks disjoint from the table's calibration networks, half drawn uniformly from
+the space and half shaped like the slimmer's states (near-full networks with a few MetaPaths dropped, a stage
+emptied or narrowed, with and without MB3D). Each whole fused deploy network is measured on the LUT's own backend
+and settings, all of them interleaved in shuffled rounds, and compared with `predict` (calibrated) and with the
+raw sum, side by side: median absolute % error, the share within +-10%, Spearman rank correlation.
+
+Action differences: for `action_pairs` slimmer-like networks, one slimming action each (drop one MetaPath,
+narrow one stage by the width step, remove one MB3D) gives a pair whose latency difference is both predicted and
+measured (in the same interleaved rounds). Reported: the share of pairs whose measured sign agrees with the
+predicted one, among pairs whose predicted difference exceeds the rows' own spread (p75 - p25 of the rows that
+differ), since the slimmer's choices rest on such differences.
+
+Writes validation.csv, actions.csv and a predicted-vs-measured scatter PNG beside the LUT (or in out=).
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 from latency_lut.backends import make_backend
-from latency_lut.measure import MeasureConfig, measure_interleaved, width_options
-from latency_lut.table import LatencyTable, LUTError
+from latency_lut.measure import MeasureConfig, measure_networks
+from latency_lut.sampling import mixed_specs, slimmer_like_spec
+from latency_lut.table import LatencyTable, LUTError, encode_stages
 from nas.arch import ArchSpec, StageSpec, atomic_write_text
 from nas.config import compose, setup_logging
 from nas.errors import run_cli
@@ -34,25 +42,12 @@ log = logging.getLogger(__name__)
 class ValidateLUTConfig:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     lut: str = "???"  # the LUT CSV to validate
-    samples: int = 25
+    samples: int = 40  # held-out whole networks
+    action_pairs: int = 20  # slimmer-like networks, each with one drop / narrow / remove-MB3D action
     num_classes: int = 10
-    out: str | None = None  # folder for validation.csv / validation.png; default: beside the LUT
+    out: str | None = None  # folder for validation.csv / actions.csv / validation.png; default: beside the LUT
     seed: int = 0
-    measure: MeasureConfig = field(default_factory=lambda: MeasureConfig(warmup=5, rounds=30, runs_per_round=5))
-
-
-def random_spec(space: SpaceConfig, num_classes: int, rng: random.Random) -> ArchSpec:
-    """A random member of the space: per stage a depth in [0, max], a width in 16-steps, and (stages 3-4) a
-    random MB3D suffix length. At least one block overall."""
-    base = space.max_spec(num_classes)
-    while True:
-        stages = []
-        for i, (d, w) in enumerate(zip(space.depths, space.widths)):
-            depth = rng.randint(0, d)
-            n3d = rng.randint(0, depth) if "3d" in space.choices(i) else 0
-            stages.append(StageSpec(rng.choice(width_options(w)), ("4d",) * (depth - n3d) + ("3d",) * n3d))
-        if any(s.depth for s in stages):
-            return base.replace(stages=tuple(stages)).validate()
+    measure: MeasureConfig = field(default_factory=lambda: MeasureConfig(warmup=5, rounds=30))  # as build_lut
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -66,22 +61,34 @@ def error_stats(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
         "within_10pct": float(np.mean(np.abs(err) <= 10)),
         "spearman": spearman(pred, meas),
         "median_signed_pct_err": float(np.median(err)),
+        "worst_abs_pct_err": float(np.max(np.abs(err))),
     }
 
 
-def loo_affine(pred: np.ndarray, meas: np.ndarray) -> np.ndarray:
-    """Leave-one-out predictions of an affine fit measured ~ a * pred + b."""
-    out = np.empty_like(pred)
-    for k in range(len(pred)):
-        mask = np.arange(len(pred)) != k
-        a, b = np.polyfit(pred[mask], meas[mask], 1)
-        out[k] = a * pred[k] + b
-    return out
+def action_variants(spec: ArchSpec, rng: random.Random, step: int) -> list[tuple[str, ArchSpec]]:
+    """One of each slimming action applied to `spec`, where it applies: drop a random block, narrow a random
+    stage by `step`, remove the first MB3D."""
+    out = []
+    occupied = [i for i, s in enumerate(spec.stages) if s.depth]
+    if sum(spec.depths) > 1:
+        i = rng.choice(occupied)
+        blocks = list(spec.stages[i].blocks)
+        blocks.pop(rng.randrange(len(blocks)))
+        out.append(("drop_path", spec.with_stage(i, StageSpec(spec.stages[i].width, tuple(blocks)))))
+    narrowable = [i for i, s in enumerate(spec.stages) if s.width - step > 0]
+    if narrowable:
+        i = rng.choice(narrowable)
+        out.append(("narrow_stage", spec.with_stage(i, StageSpec(spec.stages[i].width - step, spec.stages[i].blocks))))
+    for i, s in enumerate(spec.stages):
+        if s.num_3d and sum(spec.depths) > 1:
+            blocks = list(s.blocks)
+            blocks.remove("3d")
+            out.append(("remove_mb3d", spec.with_stage(i, StageSpec(s.width, tuple(blocks)))))
+            break
+    return [(a, v.validate()) for a, v in out]
 
 
 def run(cfg: ValidateLUTConfig) -> pd.DataFrame:
-    from supernet import build_model
-
     table = LatencyTable.load(cfg.lut)
     if cfg.samples < 3:
         raise LUTError(f"samples={cfg.samples}: need at least 3 networks for error and rank statistics")
@@ -91,72 +98,116 @@ def run(cfg: ValidateLUTConfig) -> pd.DataFrame:
             f"{cfg.lut} was measured at {meta['input_size']} px but space {cfg.space.name} is "
             f"{cfg.space.input_size} px; pass the matching space="
         )
+    if not table.calibration:
+        log.warning("%s is uncalibrated: 'predict' is the raw sum of its rows", cfg.lut)
     backend = make_backend(str(meta["backend"]), int(meta["threads"]))
     backend.setup()
-    rng = random.Random(cfg.seed)
-    specs = [random_spec(cfg.space, cfg.num_classes, rng) for _ in range(cfg.samples)]
-    for s in specs:
+    step = table.width_step or 16
+    fit_set = {encode_stages(s) for s, _ in table.networks()}
+    specs = mixed_specs(cfg.space, cfg.num_classes, cfg.samples, cfg.seed, step, exclude=fit_set)
+    rng = random.Random(cfg.seed + 1)
+    pairs = []
+    for _ in range(cfg.action_pairs):
+        base = slimmer_like_spec(cfg.space, cfg.num_classes, rng, step)
+        pairs += [(base, action, variant) for action, variant in action_variants(base, rng, step)]
+    units: dict[str, list[ArchSpec]] = {}  # a base network with its action variants: timed in one group
+    for b, _, v in pairs:
+        units.setdefault(encode_stages(b), [b]).append(v)
+    pair_specs = [s for u in units.values() for s in u]
+    for s in specs + pair_specs:
         table.check(s)
-    batch = int(meta["batch"])
     log.info(
-        "measuring %d whole networks on %s, interleaved (%d rounds x %d runs)",
+        "measuring %d held-out networks and %d action networks on %s, interleaved (%d rounds x %d runs)",
         len(specs),
+        len(pair_specs),
         table.describe(),
         cfg.measure.rounds,
         cfg.measure.runs_per_round,
     )
-
-    def prepare(spec: ArchSpec):
-        import torch
-
-        model = build_model(spec).eval().fuse()
-        return backend.prepare(model, torch.randn(batch, spec.in_chans, spec.input_size, spec.input_size))
-
-    stats = measure_interleaved(specs, prepare, backend, cfg.measure, random.Random(cfg.seed + 1))
-    pred = np.array([table.predict(s) for s in specs])
-    meas = np.array([s["ms"] for s in stats])
-    cal = loo_affine(pred, meas)
-    df = pd.DataFrame(
-        {
-            "depths": [str(list(s.depths)) for s in specs],
-            "widths": [str(list(s.widths)) for s in specs],
-            "mb3d": [str(list(s.num_3d)) for s in specs],
-            "predicted_ms": pred,
-            "measured_ms": meas,
-            "measured_p25_ms": [s["p25_ms"] for s in stats],
-            "measured_p75_ms": [s["p75_ms"] for s in stats],
-            "pct_err": (pred - meas) / meas * 100,
-            "affine_loo_ms": cal,
-        }
-    )
+    groups = [[s] for s in specs] + list(units.values())
+    stats = measure_networks(groups, backend, cfg.measure, int(meta["batch"]), cfg.seed + 2)
+    measured = {encode_stages(s): st for s, st in zip(specs + pair_specs, stats)}
+    df = network_frame(specs, measured, table)
+    actions = action_frame(pairs, measured, table)
     out_dir = Path(cfg.out) if cfg.out else Path(cfg.lut).parent
     atomic_write_text(out_dir / "validation.csv", df.to_csv(index=False))
-    raw, aff = error_stats(pred, meas), error_stats(cal, meas)
-    print(report(df, raw, aff, table))
+    atomic_write_text(out_dir / "actions.csv", actions.to_csv(index=False))
+    pred, raw, meas = (df[c].to_numpy() for c in ("predicted_ms", "raw_ms", "measured_ms"))
+    figures = {"calibrated": error_stats(pred, meas), "raw": error_stats(raw, meas), "actions": sign_stats(actions)}
+    print(report(df, figures, table))
     from nas.plots import plot_lut_validation
 
-    plot_lut_validation(pred, meas, cal, out_dir / "validation.png", title=table.describe())
-    log.info("wrote %s and %s", out_dir / "validation.csv", out_dir / "validation.png")
-    df.attrs.update(raw=raw, affine=aff)
+    plot_lut_validation(raw, meas, pred, out_dir / "validation.png", title=table.describe())
+    log.info("wrote %s, %s and %s", out_dir / "validation.csv", out_dir / "actions.csv", out_dir / "validation.png")
+    df.attrs.update(figures)
     return df
 
 
-def report(df: pd.DataFrame, raw: dict[str, float], aff: dict[str, float], table: LatencyTable) -> str:
-    lines = [
-        f"LUT {table.source} ({table.describe()}), {len(df)} random networks",
-        f"{'':<22}{'median |err|':>13}{'within ±10%':>13}{'Spearman':>10}{'median err':>12}",
-    ]
-    for name, s in (("sum of rows", raw), ("affine (leave-1-out)", aff)):
-        lines.append(
-            f"{name:<22}{s['median_abs_pct_err']:>12.1f}%{s['within_10pct'] * 100:>12.0f}%"
-            f"{s['spearman']:>10.3f}{s['median_signed_pct_err']:>+11.1f}%"
+def network_frame(specs: list[ArchSpec], measured: dict[str, dict], table: LatencyTable) -> pd.DataFrame:
+    meas = [measured[encode_stages(s)] for s in specs]
+    df = pd.DataFrame(
+        {
+            "arch": [encode_stages(s) for s in specs],
+            "kind": ["uniform" if k % 2 == 0 else "slimmer-like" for k in range(len(specs))],
+            "raw_ms": [table.raw(s) for s in specs],
+            "predicted_ms": [table.predict(s) for s in specs],
+            "measured_ms": [m["ms"] for m in meas],
+            "measured_p25_ms": [m["p25_ms"] for m in meas],
+            "measured_p75_ms": [m["p75_ms"] for m in meas],
+        }
+    )
+    df["pct_err"] = (df["predicted_ms"] - df["measured_ms"]) / df["measured_ms"] * 100
+    df["raw_pct_err"] = (df["raw_ms"] - df["measured_ms"]) / df["measured_ms"] * 100
+    return df
+
+
+def action_frame(pairs: list[tuple], measured: dict[str, dict], table: LatencyTable) -> pd.DataFrame:
+    rows = []
+    for base, action, variant in pairs:
+        rows.append(
+            {
+                "action": action,
+                "base": encode_stages(base),
+                "variant": encode_stages(variant),
+                "predicted_diff_ms": table.predict(base) - table.predict(variant),
+                "measured_diff_ms": measured[encode_stages(base)]["ms"] - measured[encode_stages(variant)]["ms"],
+                "row_noise_ms": table.noise(base, variant),
+            }
         )
-    lines.append("worst cases (sum of rows):")
-    worst = df.reindex(df["pct_err"].abs().sort_values(ascending=False).index).head(5)
+    return pd.DataFrame(rows)
+
+
+def sign_stats(actions: pd.DataFrame) -> dict[str, float]:
+    """Sign agreement of measured with predicted differences, among those above the rows' own spread."""
+    above = actions[actions["predicted_diff_ms"].abs() > actions["row_noise_ms"]]
+    agree = np.sign(above["predicted_diff_ms"]) == np.sign(above["measured_diff_ms"])
+    return {"pairs": len(actions), "above_noise": len(above), "sign_agree": float(agree.mean()) if len(above) else np.nan}
+
+
+def report(df: pd.DataFrame, figures: dict[str, dict[str, float]], table: LatencyTable) -> str:
+    lines = [
+        f"LUT {table.source} ({table.describe()})",
+        f"{len(df)} held-out networks ({(df['kind'] == 'uniform').sum()} uniform, "
+        f"{(df['kind'] != 'uniform').sum()} slimmer-like), none of them a calibration network",
+        f"{'':<24}{'median |err|':>13}{'within ±10%':>13}{'Spearman':>10}{'median err':>12}{'worst':>9}",
+    ]
+    for name, key in (("predict (calibrated)", "calibrated"), ("raw sum of rows", "raw")):
+        s = figures[key]
+        lines.append(
+            f"{name:<24}{s['median_abs_pct_err']:>12.1f}%{s['within_10pct'] * 100:>12.0f}%"
+            f"{s['spearman']:>10.3f}{s['median_signed_pct_err']:>+11.1f}%{s['worst_abs_pct_err']:>8.1f}%"
+        )
+    a = figures["actions"]
+    lines.append(
+        f"single-action differences: {a['pairs']} pairs, {a['above_noise']} predicted above the rows' spread, "
+        f"measured sign agrees for {a['sign_agree'] * 100:.0f}%"
+    )
+    lines.append("worst cases (predict):")
+    worst = df.reindex(df["pct_err"].abs().sort_values(ascending=False).index).head(3)
     for r in worst.itertuples():
         lines.append(
-            f"  depths {r.depths} widths {r.widths} MB3D {r.mb3d}: predicted {r.predicted_ms:.3f} ms, "
-            f"measured {r.measured_ms:.3f} ms ({r.pct_err:+.1f}%)"
+            f"  {r.arch} ({r.kind}): predicted {r.predicted_ms:.3f} ms, measured {r.measured_ms:.3f} ms "
+            f"({r.pct_err:+.1f}%)"
         )
     return "\n".join(lines)
 

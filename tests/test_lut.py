@@ -7,7 +7,17 @@ import pandas as pd
 import pytest
 
 from latency_lut.measure import space_rows
-from latency_lut.table import COLUMNS, LatencyTable, LUTError, Row, spec_rows
+from latency_lut.table import (
+    COLUMNS,
+    LatencyTable,
+    LUTError,
+    Row,
+    decode_stages,
+    encode_fingerprint,
+    encode_stages,
+    fingerprint,
+    spec_rows,
+)
 from nas.arch import PRESETS, ArchSpec, StageSpec
 from nas.build_lut import BuildLUTConfig
 from nas.build_lut import run as build_lut
@@ -21,7 +31,13 @@ SMALL_SPACE = [
     "space.attention.key_dim=8",
     "space.attention.num_heads=2",
 ]
-FAST = ["measure.warmup=1", "measure.rounds=2", "measure.runs_per_round=2", "measure.interleave=4"]
+FAST = [
+    "measure.warmup=1",
+    "measure.rounds=2",
+    "measure.runs_per_round=2",
+    "measure.interleave=4",
+    "calibration_networks=4",
+]
 
 
 def fake_table(rows: list[Row], **meta) -> pd.DataFrame:
@@ -147,9 +163,12 @@ def test_build_lut_torch_then_resume(tmp_path):
     build_lut(cfg)
     table = LatencyTable.load(out)
     rows = space_rows(cfg.space, 10)
-    assert len(table.df) == len(rows) and (table.df["ms"] > 0).all()
+    kinds = table.df["kind"]
+    assert (kinds == "call").sum() == 1 and (kinds == "net").sum() == 4 and len(table.df) == len(rows) + 5
     assert (table.df["runs"] == 4).all() and (table.df["p25_ms"] <= table.df["p75_ms"]).all()
     assert table.meta["backend"] == "torch" and table.meta["threads"] == 1 and table.meta["input_size"] == 32
+    assert table.calibration is not None and table.calibration.n == 4 and "calibrated on 4" in table.describe()
+    assert table.fingerprint["attention.key_dim"] == "8" and table.width_step == 16
     table.predict(cfg.space.max_spec(10))
     # resume: drop 5 rows; a re-run measures only those and keeps every other value as it was
     kept = table.df.iloc[5:]
@@ -157,18 +176,21 @@ def test_build_lut_torch_then_resume(tmp_path):
     build_lut(cfg)
     again = LatencyTable.load(out).df.set_index(["kind", "stage", "in_width", "width"])
     before = kept.set_index(["kind", "stage", "in_width", "width"])
-    assert len(again) == len(rows)
+    assert len(again) == len(rows) + 5
     assert (again.loc[before.index, "ms"] == before["ms"]).all()
     # a file measured with other settings is refused, not mixed
     with pytest.raises(LUTError, match="threads"):
         build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={out}", "threads=2"], BuildLUTConfig))
+    with pytest.raises(LUTError, match="fingerprint"):
+        build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={out}", "space.mlp_ratio=2.0"], BuildLUTConfig))
 
 
 def test_build_lut_onnxruntime(tmp_path):
     out = tmp_path / "ort.csv"
     build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, "backend=onnxruntime", f"out={out}"], BuildLUTConfig))
     t = LatencyTable.load(out)
-    assert t.meta["backend"] == "onnxruntime" and "onnxruntime=" in t.meta["versions"] and (t.df["ms"] > 0).all()
+    assert t.meta["backend"] == "onnxruntime" and "onnxruntime=" in t.meta["versions"]
+    assert t.call_ms > 0 and (t.df[t.df["kind"] == "net"]["ms"] > t.call_ms).all()
 
 
 def test_coreml_timing_on_linux_is_one_clear_line():
@@ -209,7 +231,197 @@ def test_validate_lut_end_to_end(tmp_path):
     from nas.validate_lut import ValidateLUTConfig
     from nas.validate_lut import run as validate
 
-    df = validate(compose("validate_lut", [*SMALL_SPACE, *FAST, f"lut={lut}", "samples=5"], ValidateLUTConfig))
-    assert len(df) == 5 and (df["measured_ms"] > 0).all() and (df["predicted_ms"] > 0).all()
-    assert set(df.attrs["raw"]) == {"median_abs_pct_err", "within_10pct", "spearman", "median_signed_pct_err"}
-    assert (tmp_path / "validation.png").stat().st_size > 1000 and (tmp_path / "validation.csv").is_file()
+    table = LatencyTable.load(lut)
+    cfg = compose("validate_lut", [*SMALL_SPACE, *FAST[:-1], f"lut={lut}", "samples=6", "action_pairs=3"], ValidateLUTConfig)
+    df = validate(cfg)
+    fit_set = {a for a in table.df["arch"].dropna() if a}
+    assert len(df) == 6 and not set(df["arch"]) & fit_set  # held out from the calibration networks
+    assert list(df["kind"]).count("uniform") == 3
+    base = table.base_spec()
+    specs = [decode_stages(a, base) for a in df["arch"]]
+    # predictions are the table's own: calibrated raw sums, the raw sum a hand sum over the spec's rows
+    by_hand = [sum(table.df.set_index(["kind", "stage", "in_width", "width"]).loc[r.key, "ms"] for r in spec_rows(s)) for s in specs]
+    assert np.allclose(df["raw_ms"], np.array(by_hand) + table.call_ms)
+    assert np.allclose(df["predicted_ms"], df["raw_ms"] * table.calibration.scale)
+    # the reported figures are those of the measured frame
+    err = (df["predicted_ms"] - df["measured_ms"]) / df["measured_ms"] * 100
+    assert df.attrs["calibrated"]["within_10pct"] == pytest.approx(float(np.mean(np.abs(err) <= 10)))
+    # measurement oracle: the biggest and the smallest network, timed by a separate plain loop, keep their order
+    import time
+
+    import torch
+
+    from supernet import build_model
+
+    torch.set_num_threads(1)
+    lo, hi = specs[int(df["raw_ms"].idxmin())], specs[int(df["raw_ms"].idxmax())]
+    if table.raw(hi) > 2 * table.raw(lo):
+        times = []
+        for s in (lo, hi):
+            m, x = build_model(s).eval().fuse(), torch.randn(1, 3, 32, 32)
+            with torch.inference_mode():
+                for _ in range(5):
+                    m(x)
+                t0 = time.perf_counter()
+                for _ in range(50):
+                    m(x)
+            times.append(time.perf_counter() - t0)
+        assert (times[0] < times[1]) == (df["measured_ms"].min() < df["measured_ms"].max())
+        assert df.loc[df["raw_ms"].idxmax(), "measured_ms"] > df.loc[df["raw_ms"].idxmin(), "measured_ms"]
+    actions = pd.read_csv(tmp_path / "actions.csv")
+    assert set(actions["action"]) <= {"drop_path", "narrow_stage", "remove_mb3d"} and len(actions) >= 3
+    assert (tmp_path / "validation.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+def calibrated_table(scale: float, call: float = 0.25) -> tuple[LatencyTable, list[ArchSpec]]:
+    """The fake table plus a `call` row and three `net` rows measuring exactly `ratios` x their raw sums."""
+    space = small_space()
+    rows = space_rows(space, 10)
+    fp = encode_fingerprint(fingerprint(space.max_spec(10), 16))
+    df = fake_table(rows).assign(fingerprint=fp, arch="")
+    plain = LatencyTable(df)
+    nets = [
+        space.max_spec(10),
+        space.max_spec(10).with_stage(2, StageSpec(16, ("3d",))),
+        space.max_spec(10).with_stage(0, StageSpec(16, ())),
+    ]
+    ratios = [scale * 0.9, scale, scale * 1.3]  # median: scale
+    extra = [dict(df.iloc[0], kind="call", stage=0, in_width=0, width=0, resolution=0, ms=call)]
+    for k, (s, r) in enumerate(zip(nets, ratios)):
+        extra.append(dict(df.iloc[0], kind="net", stage=3, in_width=k, width=0, ms=r * (plain.raw(s) + call), arch=encode_stages(s)))
+    return LatencyTable(pd.concat([df, pd.DataFrame(extra)], ignore_index=True)), nets
+
+
+def test_calibration_fit_and_predict_against_a_hand_computed_oracle():
+    table, nets = calibrated_table(scale=1.5)
+    assert table.calibration.n == 3 and table.calibration.scale == pytest.approx(1.5)
+    assert table.call_ms == 0.25
+    cost = {r.key: i + 1.0 for i, r in enumerate(space_rows(small_space(), 10))}
+    spec = small_space().max_spec(10).with_stage(3, StageSpec(16, ("4d",)))
+    raw = sum(cost[r.key] for r in spec_rows(spec)) + 0.25
+    assert table.raw(spec) == pytest.approx(raw)
+    assert table.predict(spec) == pytest.approx(1.5 * raw)
+    assert table.predict(spec, calibrated=False) == pytest.approx(raw)
+    assert [s for s, _ in table.networks()] == nets  # the stored arch strings round-trip
+
+
+def test_uncalibrated_table_loads_and_says_so(tmp_path):
+    df = fake_table(space_rows(small_space(), 10))
+    p = tmp_path / "old.csv"
+    df.to_csv(p, index=False)  # a table written before calibration and fingerprints existed
+    t = LatencyTable.load(p)
+    spec = small_space().max_spec(10)
+    assert t.calibration is None and "uncalibrated" in t.describe() and t.predict(spec) == t.raw(spec)
+
+
+def test_imported_table_keeps_its_own_calibration(tmp_path):
+    table, _ = calibrated_table(scale=0.8)
+    p = tmp_path / "from_another_machine.csv"
+    table.df.assign(device="Apple A14").to_csv(p, index=False)
+    again = LatencyTable.load(p)
+    assert again.calibration.scale == pytest.approx(0.8) and again.meta["device"] == "Apple A14"
+
+
+# ---------------------------------------------------------------------------------------------- fingerprint
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (dict(attention={"key_dim": 16, "num_heads": 2}), "attention.key_dim"),
+        (dict(attention={"key_dim": 8, "num_heads": 4}), "attention.num_heads"),
+        (dict(attention={"key_dim": 8, "num_heads": 2, "attn_ratio": 4.0}), "attention.attn_ratio"),
+        (dict(mlp_ratio=2.0), "mlp_ratio"),
+        (dict(pool_size=5), "pool_size"),
+        (dict(in_chans=1), "in_chans"),
+        (dict(stem_width=16), "stem_width"),
+    ],
+)
+def test_fingerprint_refuses_a_spec_with_other_block_settings(change, field):
+    table, _ = calibrated_table(scale=1.0)
+    spec = small_space().max_spec(10)
+    table.predict(spec)  # the matching spec is priced
+    with pytest.raises(LUTError, match=rf"measured with {field}=.*needs {field}="):
+        table.predict(spec.replace(**change))
+
+
+def test_slim_coverage_check_follows_the_width_step():
+    from nas.slim import check_lut_covers
+    from supernet.supernet import SuperNet
+
+    table, _ = calibrated_table(scale=1.0)
+    net = SuperNet(small_space(), num_classes=10)
+    check_lut_covers(table, net, 16)
+    check_lut_covers(table, net, 32)  # 32-steps are a subset of the 16-steps measured
+    with pytest.raises(LUTError, match="width step 8"):
+        check_lut_covers(table, net, 8)
+    other = SuperNet(small_space().__class__(**{**vars(small_space()), "mlp_ratio": 2.0}), num_classes=10)
+    with pytest.raises(LUTError, match="mlp_ratio"):
+        check_lut_covers(table, other, 16)
+
+
+# ------------------------------------------------------------------------------------ rows from the model
+def test_row_inputs_have_the_layout_the_network_gives_them(tiny_spec):
+    """Oracle: forward pre-hooks on every layer module of a whole fused network record what each layer really
+    receives; the row measured for that layer must get a tensor of the same shape, strides and dtype."""
+    import torch
+
+    from latency_lut.measure import row_module
+    from supernet import build_model
+
+    model = build_model(tiny_spec).eval().fuse()
+    seen = []
+    mods = model.layer_modules()
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append(a[0])) for m in mods[:-1]]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = x
+        for m in mods:
+            out = m(out)
+        assert torch.equal(out, model(x))  # the layer modules, applied in turn, are the network
+    for h in hooks:
+        h.remove()
+    seen = seen[: len(mods) - 1]
+    head_in = model.forward_features(x)  # what the head view receives: the final tokens, before the norm
+    plan = spec_rows(tiny_spec)
+    assert len(plan) == len(mods)
+    for row, inside in zip(plan, seen + [head_in]):
+        module, fed = row_module(row, tiny_spec, batch=1)
+        assert type(module) is type(mods[plan.index(row)]), row
+        assert fed.shape == inside.shape and fed.stride() == inside.stride() and fed.dtype == inside.dtype, row
+        assert fed.is_contiguous() == inside.is_contiguous(), row
+
+
+def test_layer_plan_is_what_the_network_runs(tiny_spec):
+    """Oracle: hooks on the block classes record which layers a forward pass executes, in order."""
+    import torch
+
+    from supernet import build_model
+    from supernet.blocks import MB3D, MB4D, Embedding, Flat, Stem, Unflat
+
+    model = build_model(tiny_spec).eval()
+    ran = []
+    names = {Stem: "stem", Embedding: "embed", MB4D: "mb4d", MB3D: "mb3d", Flat: "flat", Unflat: "unflat"}
+    for m in model.modules():
+        if type(m) in names:
+            m.register_forward_hook(lambda m, a, o: ran.append(names[type(m)]))
+    model.head.register_forward_hook(lambda m, a, o: ran.append("head"))
+    model(torch.randn(1, 3, 64, 64))
+    assert ran == [r.kind for r in spec_rows(tiny_spec)]
+
+
+@pytest.mark.gpu
+def test_build_and_validate_a_cuda_lut(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    lut = tmp_path / "cuda.csv"
+    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, "backend=cuda", f"out={lut}"], BuildLUTConfig))
+    t = LatencyTable.load(lut)
+    assert t.meta["backend"] == "cuda" and "cuda=" in t.meta["versions"] and t.meta["device"] == torch.cuda.get_device_name()
+    assert t.calibration is not None and (t.df[t.df["kind"] == "net"]["ms"] > 0).all()
+    from nas.validate_lut import ValidateLUTConfig
+    from nas.validate_lut import run as validate
+
+    df = validate(compose("validate_lut", [*SMALL_SPACE, *FAST[:-1], f"lut={lut}", "samples=6", "action_pairs=2"], ValidateLUTConfig))
+    assert len(df) == 6 and (df["measured_ms"] > 0).all()
