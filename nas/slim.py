@@ -3,10 +3,17 @@
     python -m nas.slim --target-ms 1.0                        # the newest supernet.pt and lut.csv under runs/
     python -m nas.slim --target-ms 0.6 0.8 1.0 --supernet runs/supernet/X/supernet.pt --lut luts/tiny.csv --out D
     python -m nas.slim --target-ms 1.0 val_images=1000 bn_batches=2 mb3d_action=mb4d   # hydra overrides
+    python -m nas.slim --target-ms 1.0 0.8 --verify           # measure what is emitted; keep the target measured
 
-One slimming trajectory serves every target: each target's config is the first state at or below it.
-Nothing is measured: latency comes from the LUT, accuracy from the supernet restricted to each candidate (its
+One slimming trajectory serves every target: each target's config is the first state at or below it. Latency
+comes from the LUT's (calibrated) prediction, accuracy from the supernet restricted to each candidate (its
 weights physically sliced, BN statistics re-estimated on training batches) on the held-out validation split.
+
+`--verify` measures each emitted architecture (the whole fused network, in interleaved rounds) on the LUT's
+backend and settings, when that backend runs on this machine. A state that measures above its target is passed
+over for the next trajectory state that measures at or below it (slimming further if the trajectory ends), and
+the output says so; `arch.yaml` records `measured_ms` beside `predicted_ms`. Where the backend cannot run here
+(CoreML on Linux, a LUT from another device), it says so in one line and emits the predicted state.
 
 Outputs (written to a staging folder and moved into --out only when complete):
     target_<T>ms/arch.yaml, target_<T>ms/weights.pt, trajectory.csv, pareto.png, config.yaml
@@ -32,14 +39,15 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from latency_lut.measure import space_rows
+from latency_lut.backends import Backend, make_backend
+from latency_lut.measure import MeasureConfig, measure_networks, space_rows
 from latency_lut.table import LatencyTable, LUTError
 from nas.arch import ArchSpec, atomic_write_text
 from nas.checkpoint import SUPERNET_KIND, WEIGHTS_KIND, CheckpointError, load_checkpoint, save_atomic
 from nas.config import ConfigError, compose, setup_logging, to_yaml
 from nas.data import DataConfig, build_datasets
 from nas.errors import UserError, run_cli
-from nas.slimming import Slimmer, SlimState, Step, UnreachableTarget, first_at_or_below
+from nas.slimming import Slimmer, SlimState, Step, UnreachableTarget, Verified, first_at_or_below, verified_step
 from supernet.model import EfficientViT
 from supernet.space import SpaceConfig
 from supernet.supernet import SuperNet
@@ -61,6 +69,8 @@ class SlimConfig:
     threads: int = 2
     seed: int = 0
     overwrite: bool = False  # allow writing into an --out that already holds slimming results
+    verify: bool = False  # measure each emitted architecture; emit the next state measuring <= target if it is over
+    measure: MeasureConfig = field(default_factory=lambda: MeasureConfig(warmup=5, rounds=30))  # --verify
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -105,18 +115,22 @@ def pick_inputs(cfg: SlimConfig) -> tuple[Path, Path]:
 
 
 def check_lut_covers(table: LatencyTable, net: SuperNet, step: int) -> None:
-    """The LUT must price every spec the slimmer can reach: the supernet's input size and all its rows."""
+    """The LUT must price every spec the slimmer can reach: the supernet's block hyper-parameters (the table's
+    fingerprint) and every row at the slimmer's width step."""
     if table.input_size != net.spec.input_size:
         raise LUTError(
             f"{table.source} was measured at {table.input_size} px but the supernet's space "
             f"({net.space.name}) is {net.spec.input_size} px"
         )
-    miss = table.missing_rows(space_rows(net.space, net.num_classes)) if step == 16 else []
+    table.check_fingerprint(net.spec)
+    miss = table.missing_rows(space_rows(net.space, net.num_classes, step))
     if miss:
         raise LUTError(
             f"{table.source} does not cover the supernet's space {net.space.name} "
-            f"(widths {net.space.widths}): {len(miss)} rows missing, e.g. {miss[0]}"
+            f"(widths {net.space.widths}, width step {step}): {len(miss)} rows missing, e.g. {miss[0]}"
         )
+    if table.calibration is None:
+        log.warning("%s is uncalibrated: targets are compared with the raw sum of its rows", table.source)
 
 
 # --------------------------------------------------------------------------------------------- evaluator
@@ -210,10 +224,13 @@ def trajectory_frame(traj: list[Step]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def emitted_meta(step: Step, spec: ArchSpec, target: float, table: LatencyTable, sn_path: Path) -> dict[str, Any]:
+def emitted_meta(
+    step: Step, spec: ArchSpec, target: float, table: LatencyTable, sn_path: Path, measured: float | None
+) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "target_ms": target,
         "predicted_ms": round(step.latency_ms, 6),
+        "measured_ms": None if measured is None else round(measured, 6),
         "val_acc": step.val_acc,
         "slimming_step": step.step,
         "depths": list(spec.depths),
@@ -226,6 +243,7 @@ def emitted_meta(step: Step, spec: ArchSpec, target: float, table: LatencyTable,
             "device": table.meta["device"],
             "threads": table.meta["threads"],
             "batch": table.meta["batch"],
+            "calibration_scale": None if table.calibration is None else round(table.calibration.scale, 6),
         },
         "supernet": str(sn_path.resolve()),
     }
@@ -245,13 +263,61 @@ def load_weights(path: str | Path) -> tuple[ArchSpec, EfficientViT]:
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'target':>8} {'predicted':>10} {'val acc':>8} {'step':>5}  architecture"
+    head = f"{'target':>8} {'predicted':>10} {'measured':>9} {'val acc':>8} {'step':>5}  architecture"
     lines = [head, "-" * len(head)]
     for r in rows:
+        meas = f"{r['measured']:>7.3f}ms" if r["measured"] is not None else f"{'-':>9}"
         lines.append(
-            f"{r['target']:>6g}ms {r['predicted']:>8.3f}ms {r['acc'] * 100:>7.2f}% {r['step']:>5}  {r['arch']}"
+            f"{r['target']:>6g}ms {r['predicted']:>8.3f}ms {meas} {r['acc'] * 100:>7.2f}% {r['step']:>5}  {r['arch']}"
         )
     return "\n".join(lines)
+
+
+def verify_backend(table: LatencyTable) -> Backend | None:
+    """The LUT's backend with its settings, if it runs on this machine and this is the LUT's device; else None
+    (after saying why in one line)."""
+    name, device = str(table.meta["backend"]), str(table.meta["device"])
+    backend = make_backend(name, int(table.meta["threads"]))
+    try:
+        backend.setup()
+    except UserError as e:
+        log.warning("--verify: %s; emitting the predicted states unmeasured", e)
+        return None
+    if backend.device != device:
+        log.warning(
+            "--verify: the LUT was measured on %r, this machine is %r; emitting the predicted states unmeasured",
+            device,
+            backend.device,
+        )
+        return None
+    return backend
+
+
+def verify_targets(
+    traj: list[Step], targets: list[float], slimmer: Slimmer, net: SuperNet, backend: Backend, cfg: SlimConfig, batch: int
+) -> dict[float, Verified]:
+    """For each target, the first trajectory state whose measured latency is at or below it (see `verified_step`)."""
+
+    def measure(states: list[SlimState]) -> list[float]:
+        specs = [net.spec_of(s.choices, s.widths) for s in states]
+        return [r["ms"] for r in measure_networks(specs, backend, cfg.measure, batch, cfg.seed)]
+
+    measured: dict[SlimState, float] = {}
+    out = {}
+    for t in targets:
+        v = verified_step(traj, t, measure, slimmer.extend, measured)
+        for step, ms in v.skipped:
+            log.info("--verify: target %g ms: step %d measured %.4f ms, above the target; passed over", t, step, ms)
+        if v.skipped:
+            log.info(
+                "--verify: target %g ms: emitting step %d instead (predicted %.4f ms, measured %.4f ms)",
+                t,
+                v.step.step,
+                v.step.latency_ms,
+                v.measured_ms,
+            )
+        out[t] = v
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -334,6 +400,10 @@ def run(cfg: SlimConfig) -> Path:
     t0 = time.time()
     start_ms = latency(start)
     traj = slimmer.run(start, min(targets))
+    verified: dict[float, Verified] = {}
+    backend = verify_backend(table) if cfg.verify else None
+    if backend is not None:
+        verified = verify_targets(traj, targets, slimmer, net, backend, cfg, int(table.meta["batch"]))
     bar.close()
     wall = time.time() - t0
 
@@ -342,7 +412,8 @@ def run(cfg: SlimConfig) -> Path:
     try:
         rows = []
         for t in targets:
-            step = first_at_or_below(traj, t)
+            step = verified[t].step if t in verified else first_at_or_below(traj, t)
+            measured = verified[t].measured_ms if t in verified else None
             if step.step == 0:
                 log.info(
                     "target %g ms is at or above the starting latency %.4g ms: emitting the unslimmed architecture",
@@ -352,7 +423,7 @@ def run(cfg: SlimConfig) -> Path:
             spec = net.spec_of(step.state.choices, step.state.widths)
             model = evaluator.model(step.state)
             d = staging / target_dirname(t)
-            spec.save(d / "arch.yaml", extra=emitted_meta(step, spec, t, table, sn_path))
+            spec.save(d / "arch.yaml", extra=emitted_meta(step, spec, t, table, sn_path, measured))
             save_atomic(
                 {
                     "kind": WEIGHTS_KIND,
@@ -360,6 +431,7 @@ def run(cfg: SlimConfig) -> Path:
                     "model": model.state_dict(),
                     "val_acc": step.val_acc,
                     "predicted_ms": step.latency_ms,
+                    "measured_ms": measured,
                 },
                 d / "weights.pt",
             )
@@ -367,6 +439,7 @@ def run(cfg: SlimConfig) -> Path:
                 {
                     "target": t,
                     "predicted": step.latency_ms,
+                    "measured": measured,
                     "acc": step.val_acc,
                     "step": step.step,
                     "arch": step.state.describe(),
@@ -410,6 +483,11 @@ def parse_args(argv: list[str]) -> list[str]:
     p.add_argument("--supernet", help="supernet.pt or its run folder (default: the newest supernet.pt under runs/)")
     p.add_argument("--lut", help="LUT CSV (default: the newest lut.csv under runs/)")
     p.add_argument("--out", help="output folder (default: runs/slim/<timestamp>)")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="measure each emitted architecture on the LUT's backend; if over its target, emit the next state that is not",
+    )
     p.add_argument("overrides", nargs="*", help="hydra overrides for search_configs/slim.yaml, e.g. val_images=1000")
     a = p.parse_args(argv)
     overrides = list(a.overrides)
@@ -421,6 +499,8 @@ def parse_args(argv: list[str]) -> list[str]:
     for key in ("supernet", "lut", "out"):
         if getattr(a, key) is not None:
             overrides.append(f"{key}={getattr(a, key)}")
+    if a.verify:
+        overrides.append("verify=true")
     return overrides
 
 

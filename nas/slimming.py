@@ -167,30 +167,36 @@ class Slimmer:
 
     def run(self, start: SlimState, target_ms: float) -> list[Step]:
         """Slim from `start` until the predicted latency is <= target_ms; the whole trajectory, start first."""
-        state, lat, acc = start, self.latency(start), self.acc(start)
-        traj = [Step(0, "start", "", lat, acc, math.nan, state, self.evaluations)]
+        traj = [Step(0, "start", "", self.latency(start), self.acc(start), math.nan, start, self.evaluations)]
         self._emit(traj[-1])
-        while lat > target_ms:
-            best = None
-            for cand in self.candidates(state):
-                c_lat = self.latency(cand.state)
-                saved = lat - c_lat
-                if saved <= 0:
-                    continue
-                c_acc = self.acc(cand.state)
-                score = (acc - c_acc) * 100 / saved
-                if best is None or (score, -saved) < (best[0], -best[1]):
-                    best = (score, saved, cand, c_lat, c_acc)
-            if best is None:
-                raise UnreachableTarget(
-                    f"target {target_ms:g} ms cannot be reached: slimming stopped at {lat:.4g} ms "
-                    f"({state.describe()}), where no action lowers the predicted latency further"
-                )
-            score, _, cand, lat, acc = best
-            state = cand.state
-            traj.append(Step(len(traj), cand.action, cand.where, lat, acc, score, state, self.evaluations))
-            self._emit(traj[-1])
+        while traj[-1].latency_ms > target_ms:
+            self.extend(traj, target_ms)
         return traj
+
+    def extend(self, traj: list[Step], target_ms: float | None = None) -> Step:
+        """Apply the best action to the trajectory's last state, append the new step and return it."""
+        last = traj[-1]
+        state, lat, acc = last.state, last.latency_ms, last.val_acc
+        best = None
+        for cand in self.candidates(state):
+            c_lat = self.latency(cand.state)
+            saved = lat - c_lat
+            if saved <= 0:
+                continue
+            c_acc = self.acc(cand.state)
+            score = (acc - c_acc) * 100 / saved
+            if best is None or (score, -saved) < (best[0], -best[1]):
+                best = (score, saved, cand, c_lat, c_acc)
+        if best is None:
+            goal = f"target {target_ms:g} ms cannot be reached: " if target_ms is not None else ""
+            raise UnreachableTarget(
+                f"{goal}slimming stopped at {lat:.4g} ms ({state.describe()}), where no action lowers the "
+                f"predicted latency further"
+            )
+        score, _, cand, lat, acc = best
+        traj.append(Step(len(traj), cand.action, cand.where, lat, acc, score, cand.state, self.evaluations))
+        self._emit(traj[-1])
+        return traj[-1]
 
     def _emit(self, step: Step) -> None:
         if self.on_step is not None:
@@ -203,3 +209,49 @@ def first_at_or_below(traj: list[Step], target_ms: float) -> Step:
         if s.latency_ms <= target_ms:
             return s
     raise UnreachableTarget(f"no state of the trajectory reaches {target_ms:g} ms")
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The state emitted for a target under `--verify`, with its measured latency and what was skipped."""
+
+    step: Step
+    measured_ms: float
+    skipped: tuple[tuple[int, float], ...]  # (step, measured ms) of earlier states that measured above the target
+
+
+def verified_step(
+    traj: list[Step],
+    target_ms: float,
+    measure: Callable[[list[SlimState]], list[float]],
+    extend: Callable[[list[Step]], Step],
+    measured: dict[SlimState, float],
+    batch: int = 3,
+) -> Verified:
+    """The first state at or after the first predicted at or below `target_ms` whose *measured* latency is at or
+    below it. States are measured `batch` at a time (so they share interleaved rounds); `measured` caches results
+    across targets. When every state has measured above the target, `extend` slims one more step."""
+    k = traj.index(first_at_or_below(traj, target_ms))
+    skipped = []
+    while True:
+        window = traj[k : k + batch]
+        if not window:  # every state so far measured above the target: slim one step further
+            n = len(traj)
+            try:
+                extend(traj)
+            except UnreachableTarget:
+                pass
+            if len(traj) == n:
+                raise UnreachableTarget(
+                    f"target {target_ms:g} ms: no state of the slimming trajectory measures at or below it "
+                    f"(the last, {traj[-1].state.describe()}, measured {measured[traj[-1].state]:.4g} ms)"
+                )
+            continue
+        todo = [s.state for s in window if s.state not in measured]
+        if todo:
+            measured.update(zip(todo, measure(todo)))
+        for s in window:
+            if measured[s.state] <= target_ms:
+                return Verified(s, measured[s.state], tuple(skipped))
+            skipped.append((s.step, measured[s.state]))
+        k += len(window)

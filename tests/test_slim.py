@@ -237,3 +237,89 @@ def test_cli_bad_input_is_one_line(trained, args, match):
     assert r.stderr.strip().splitlines()[-1].startswith("error: ")
     errors = [line for line in r.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1
+
+
+# ------------------------------------------------------------------------------------------------- --verify
+def _traj(latencies):
+    from nas.slimming import Step
+
+    states = [SlimState(((f"{k}",),), (16,)) for k in range(len(latencies))]  # distinct placeholder states
+    return [Step(k, "a", "", ms, 0.9, 0.0, s, k) for k, (ms, s) in enumerate(zip(latencies, states))]
+
+
+def test_verify_passes_over_states_that_measure_above_the_target():
+    from nas.slimming import verified_step
+
+    traj = _traj([2.0, 1.5, 1.0, 0.95, 0.8])
+    true_ms = {s.state: s.latency_ms * 1.06 for s in traj}  # the mocked measurement runs 6% over prediction
+    calls = []
+
+    def measure(states):
+        calls.append(list(states))
+        return [true_ms[s] for s in states]
+
+    cache = {}
+    v = verified_step(traj, 1.0, measure, extend=lambda t: pytest.fail("no extension needed"), measured=cache)
+    # step 2 (1.0 predicted) measures 1.06 and step 3 (0.95) 1.007: both passed over; step 4 (0.8 -> 0.848) kept
+    assert v.step.step == 4 and v.measured_ms == pytest.approx(0.848) and [k for k, _ in v.skipped] == [2, 3]
+    assert len(calls) == 1 and len(calls[0]) == 3  # measured together, in one interleaved batch
+    v2 = verified_step(traj, 1.6, measure, extend=None, measured=cache)  # a second target reuses measurements
+    assert v2.step.step == 1 and v2.skipped == ()
+    # measured at or below the target from the start: the predicted state is kept
+    ok = verified_step(_traj([2.0, 1.0]), 1.0, lambda s: [0.99] * len(s), extend=lambda t: None, measured={})
+    assert ok.step.step == 1 and ok.skipped == ()
+
+
+def test_verify_slims_further_when_the_trajectory_runs_out():
+    from nas.slimming import Step, verified_step
+
+    traj = _traj([2.0, 1.0])
+
+    def extend(t):
+        new = Step(len(t), "more", "", t[-1].latency_ms * 0.8, 0.9, 0.0, SlimState(((f"x{len(t)}",),), (16,)), 0)
+        t.append(new)
+        return new
+
+    v = verified_step(traj, 1.0, lambda states: [1.1 * 0.8 ** (int(s.choices[0][0].strip("x")) - 1) for s in states], extend, {})
+    assert v.step.step == 2 and v.measured_ms <= 1.0 and len(traj) == 3  # slimmed exactly one step further
+    with pytest.raises(UnreachableTarget, match="no state of the slimming trajectory"):
+        verified_step(_traj([2.0, 1.0]), 1.0, lambda s: [1.5] * len(s), extend=lambda t: None, measured={})
+
+
+def test_slim_verify_end_to_end_with_a_mocked_slow_measurement(trained, tmp_path, monkeypatch, caplog):
+    """nas.slim --verify where every network measures 12% above its prediction: each emitted arch records a
+    measured latency at or below its target, and says which states were passed over."""
+    import nas.slim as slim_mod
+
+    table = LatencyTable.load(trained[1])
+    monkeypatch.setattr(
+        slim_mod,
+        "measure_networks",
+        lambda specs, backend, cfg, batch, seed: [{"ms": table.predict(s) * 1.12} for s in specs],
+    )
+    start = trained[2]
+    targets = [round(start * 0.8, 4), round(start * 0.6, 4)]
+    with caplog.at_level(logging.INFO):
+        out = slim(slim_cfg(trained, tmp_path / "v", targets, "verify=true"))
+    for t in targets:
+        meta = yaml.safe_load((out / f"target_{t:g}ms" / "arch.yaml").read_text())["meta"]
+        assert meta["measured_ms"] <= t and meta["measured_ms"] == pytest.approx(meta["predicted_ms"] * 1.12, rel=1e-4)
+        assert meta["predicted_ms"] <= t / 1.12 + 1e-9
+    assert "passed over" in caplog.text and "emitting step" in caplog.text
+
+
+def test_verify_where_the_backend_cannot_run_is_one_line(trained, caplog):
+    from nas.slim import verify_backend
+
+    table = LatencyTable.load(trained[1])
+    table.meta["backend"] = "coreml"
+    if sys.platform == "darwin":
+        pytest.skip("coreml runs on macOS")
+    with caplog.at_level(logging.WARNING):
+        assert verify_backend(table) is None
+    lines = [r.getMessage() for r in caplog.records if "--verify" in r.getMessage()]
+    assert len(lines) == 1 and "macOS" in lines[0] and "predicted" in lines[0]
+    table.meta["backend"], table.meta["device"] = "torch", "Apple M2"
+    with caplog.at_level(logging.WARNING):
+        assert verify_backend(table) is None
+    assert "Apple M2" in caplog.records[-1].getMessage()
