@@ -2,11 +2,14 @@
 
     python benchmarks/supernet_step.py                      # space=tiny, batch 64, 2 threads
     python benchmarks/supernet_step.py --batch 128 --rounds 20
+    python benchmarks/supernet_step.py --space l7 --device cuda     # 224 px, batch 64, with peak GPU memory
 
 Every contender does a full training step (forward, cross-entropy, backward, AdamW step) on the same batch.
 They are timed side by side in one process: after warm-up, each round runs every contender `--per-round`
 times in a freshly shuffled order, and the median over all rounds is reported with the p25-p75 spread.
-Ratios are medians divided by the standalone all-MB4D network's median.
+Ratios are medians divided by the standalone all-MB4D network's median. On CUDA each step ends with a
+synchronisation (so the wall time is the GPU's), and the peak memory of each contender's steps is reported
+(torch.cuda.max_memory_allocated, reset before each contender's first timed step).
 Contenders: the supernet in soft mode (every branch of every MetaPath runs), in hard mode (straight-through
 Gumbel: one branch per MetaPath), and standalone `build_model` networks of the two largest paths (every
 MetaPath MB4D; and stages 3-4 all MB3D).
@@ -40,7 +43,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--per-round", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     a = p.parse_args()
+    dev = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     space = compose("train_supernet", [f"space={a.space}"], TrainSupernetConfig).space
@@ -55,9 +60,12 @@ def main() -> None:
         "standalone all-MB4D": all4d,
         "standalone MB3D in stages 3-4": all3d,
     }
+    models = {k: m.to(dev) for k, m in models.items()}
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
-    x = torch.randn(a.batch, 3, space.input_size, space.input_size)
-    y = torch.randint(0, 10, (a.batch,))
+    x = torch.randn(a.batch, 3, space.input_size, space.input_size, device=dev)
+    y = torch.randint(0, 10, (a.batch,), device=dev)
+    cuda = dev.type == "cuda"
+    peak: dict[str, float] = {}
 
     def step(name: str) -> float:
         m, opt = models[name], opts[name]
@@ -67,11 +75,18 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if cuda:
+            torch.cuda.synchronize()
         return (time.perf_counter() - t0) * 1e3
 
     for name in models:
         for _ in range(a.warmup):
             step(name)
+        if cuda:  # peak memory of a training step of this contender alone
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            step(name)
+            peak[name] = torch.cuda.max_memory_allocated() / 2**30
     times: dict[str, list[float]] = {k: [] for k in models}
     rng = random.Random(0)
     order = list(models)
@@ -80,14 +95,16 @@ def main() -> None:
         for name in order:
             times[name] += [step(name) for _ in range(a.per_round)]
     base = float(np.median(times["standalone all-MB4D"]))
+    where = torch.cuda.get_device_name(dev) if cuda else f"cpu, threads={a.threads}"
     print(
-        f"space={space.name} input={space.input_size}px batch={a.batch} threads={a.threads} "
+        f"space={space.name} input={space.input_size}px batch={a.batch} on {where} "
         f"({a.rounds} shuffled rounds x {a.per_round} steps; torch {torch.__version__})"
     )
-    print(f"{'contender':<32}{'median ms':>11}{'p25-p75 ms':>17}{'ratio':>8}")
+    print(f"{'contender':<32}{'median ms':>11}{'p25-p75 ms':>17}{'ratio':>8}" + (f"{'peak GiB':>10}" if cuda else ""))
     for name, t in times.items():
         med, p25, p75 = np.median(t), np.percentile(t, 25), np.percentile(t, 75)
-        print(f"{name:<32}{med:>11.1f}{f'{p25:.1f}-{p75:.1f}':>17}{med / base:>8.2f}")
+        mem = f"{peak[name]:>10.2f}" if cuda else ""
+        print(f"{name:<32}{med:>11.1f}{f'{p25:.1f}-{p75:.1f}':>17}{med / base:>8.2f}{mem}")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ class TrainSupernetConfig:
 class SupernetTrainer(Trainer):
     kind = SUPERNET_KIND
     ckpt_name = "supernet.pt"
-    find_unused_parameters = True  # hard mode (and underflowing soft weights) skip branches
+    find_unused_parameters = True  # hard mode runs one branch per MetaPath: the others get no gradient
 
     def __init__(self, model: SuperNet, sn_cfg: SupernetConfig, *args: Any, **kwargs: Any):
         self.sn_cfg = sn_cfg

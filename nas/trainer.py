@@ -64,6 +64,7 @@ class TrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    device: str = "auto"  # auto: this rank's CUDA device when there is one, else cpu; or cpu / cuda / cuda:N
     eval_batch_size: int = 256
     stop_after_epochs: int = 0  # >0: stop this invocation after N epochs (to interrupt a run; resume= continues)
 
@@ -103,6 +104,21 @@ def distributed_main(config_name: str, schema: type, run: Callable[[Any, DistInf
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def resolve_device(name: str, dist_info: DistInfo) -> torch.device:
+    """`train.device`: "auto" picks this rank's GPU (LOCAL_RANK under torchrun) when CUDA is available."""
+    if name == "auto":
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TrainingError(f"train.device={name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"train.device={name!r}: no CUDA device is available on this machine")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
 
 
 def checkpoint_to_resume(resume: str, ckpt_name: str) -> Path:
@@ -154,6 +170,10 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed + self.dist.rank)
         np.random.seed(cfg.seed + self.dist.rank)
+        self.device = resolve_device(cfg.device, self.dist)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.model.to(self.device)
         self.train_loader = self._train_loader()
         self.val_loader = DataLoader(splits.val, batch_size=cfg.eval_batch_size, shuffle=False)
         self.steps_per_epoch = len(self.train_loader)
@@ -193,7 +213,10 @@ class Trainer:
     def _wrap_ddp(self, model: nn.Module) -> nn.Module:
         if self.dist.world_size <= 1:
             return model
-        return nn.parallel.DistributedDataParallel(model, find_unused_parameters=self.find_unused_parameters)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=self.find_unused_parameters
+        )
 
     def weight_params(self) -> list[tuple[str, nn.Parameter]]:
         return list(self.model.named_parameters())
@@ -253,7 +276,7 @@ class Trainer:
         except Exception as e:
             raise TrainingError(f"teacher checkpoint {path} does not load into {d.teacher}: {str(e)[:160]}") from None
         self.model.set_distilled_training(True)
-        return teacher.eval().requires_grad_(False)
+        return teacher.to(self.device).eval().requires_grad_(False)
 
     def _build_ema(self):
         if not self.cfg.ema:
@@ -316,6 +339,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         for step, (x, y) in enumerate(bar):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             loss, logits = self.loss(x, y)
             if not torch.isfinite(loss):
                 raise TrainingError(
@@ -343,6 +367,7 @@ class Trainer:
         model.eval()
         correct, total = 0, 0
         for x, y in loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             correct += (model(x).argmax(-1) == y).sum().item()
             total += len(y)
         model.train(was_training)

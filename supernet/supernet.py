@@ -59,14 +59,14 @@ class MetaPath(nn.Module):
             return self.unflat(self.mb3d(self.flat(x)))
         return x
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        # Branches with an exactly-zero weight are skipped: in hard mode that is every branch but the sampled
-        # one, and its weight (1 in value) still carries the straight-through gradient to alpha.
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, active: list[int] | None = None) -> torch.Tensor:
+        """Mix the branches listed in `active` (all of them when None) by `weights` (n_choices,). The weights stay
+        on the device: nothing here reads a tensor value on the host, so a forward never waits for the GPU. In hard
+        mode `active` is the one sampled branch, whose weight (1 in value) carries the straight-through gradient."""
         out = None
-        for j, code in enumerate(self.choices):
-            if weights[j].item() != 0.0:
-                y = weights[j] * self.branch(code, x)
-                out = y if out is None else out + y
+        for j in range(len(self.choices)) if active is None else active:
+            y = weights[j] * self.branch(self.choices[j], x)
+            out = y if out is None else out + y
         return out
 
 
@@ -87,10 +87,12 @@ class SuperStage(nn.Module):
             MetaPath(stage.width, choices, spec, resolution, drop_path[j]) for j in range(stage.depth)
         )
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:  # weights: (depth, n_choices)
+    def forward(
+        self, x: torch.Tensor, weights: torch.Tensor, active: list[int] | None = None
+    ) -> torch.Tensor:  # weights: (depth, n_choices); active: one branch index per MetaPath, or None for all
         x = self.downsample(x)
-        for path, w in zip(self.paths, weights):
-            x = path(x, w)
+        for j, (path, w) in enumerate(zip(self.paths, weights)):
+            x = path(x, w, None if active is None else [active[j]])
         return x
 
 
@@ -139,17 +141,27 @@ class SuperNet(EfficientViT):
                 u = torch.rand_like(alpha).clamp_(1e-9, 1 - 1e-9)
                 logits = alpha + (-torch.log(-torch.log(u)) if self.noise == "gumbel" else u)
             soft = F.softmax(logits / self.tau, dim=-1)
-            if self.hard:
-                one_hot = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
+            if self.hard:  # scatter, not F.one_hot: one_hot validates its indices on the host (a GPU sync)
+                one_hot = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
                 soft = one_hot - soft.detach() + soft if self.training else one_hot
             out.append(soft)
         return out
 
+    def sampled_branches(self, weights: list[torch.Tensor]) -> list[list[int]]:
+        """Hard mode: the branch each MetaPath runs, per stage. One device-to-host copy for the whole network."""
+        flat = torch.cat([w.argmax(-1) for w in weights]).tolist()
+        out, k = [], 0
+        for w in weights:
+            out.append(flat[k : k + w.shape[0]])
+            k += w.shape[0]
+        return out
+
     def forward_features(self, x: torch.Tensor, weights: list[torch.Tensor] | None = None) -> torch.Tensor:
         weights = self.mixture_weights() if weights is None else weights
+        active = self.sampled_branches(weights) if self.hard else [None] * len(weights)
         x = self.stem(x)
-        for stage, w in zip(self.stages, weights):
-            x = stage(x, w)
+        for stage, w, a in zip(self.stages, weights, active):
+            x = stage(x, w, a)
         return self.norm(x.flatten(2).transpose(1, 2))  # (B, N, C)
 
     def forward(self, x: torch.Tensor, weights: list[torch.Tensor] | None = None) -> torch.Tensor:

@@ -156,3 +156,52 @@ def test_narrowing_removes_exactly_the_dead_channels():
     assert a.abs().max() > 1e-2
     assert (a - b).abs().max() <= 1e-5
     assert narrow.stages[1].blocks[0].mlp.fc1.out_channels == 64
+
+
+# ------------------------------------------------------------------------------------------- no host sync
+def _count_host_reads(monkeypatch):
+    """Count every way a tensor value reaches the host in Python: .item(), .tolist(), bool(), float(), int()."""
+    calls = {"item": 0, "tolist": 0, "scalar": 0}
+    for name, key in (("item", "item"), ("tolist", "tolist"), ("__bool__", "scalar"), ("__float__", "scalar"), ("__int__", "scalar")):
+        orig = getattr(torch.Tensor, name)
+
+        def wrapped(self, *a, _orig=orig, _key=key, **kw):
+            calls[_key] += 1
+            return _orig(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    return calls
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_soft_forward_never_reads_a_tensor_on_the_host(monkeypatch, training):
+    net = SuperNet(SMALL, num_classes=10).train(training)
+    x = torch.randn(2, 3, SMALL.input_size, SMALL.input_size)
+    calls = _count_host_reads(monkeypatch)
+    net(x).sum().backward() if training else net(x)
+    assert calls == {"item": 0, "tolist": 0, "scalar": 0}
+
+
+def test_hard_forward_reads_the_sampled_branches_once(monkeypatch):
+    net = SuperNet(SMALL, num_classes=10, hard=True).train()
+    x = torch.randn(2, 3, SMALL.input_size, SMALL.input_size)
+    calls = _count_host_reads(monkeypatch)
+    net(x).sum().backward()
+    assert calls == {"item": 0, "tolist": 1, "scalar": 0}  # one copy for all MetaPaths, not one per MetaPath
+    assert sum(len(d) for d in net.sampled_branches(net.mixture_weights())) == sum(SMALL.depths)
+
+
+@pytest.mark.gpu
+def test_soft_forward_has_no_cuda_sync():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    net = SuperNet(SMALL, num_classes=10).cuda().train()
+    x = torch.randn(2, 3, SMALL.input_size, SMALL.input_size, device="cuda")
+    net(x)  # warm-up (lazy initialisation may synchronise once)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        net(x)
+        net.eval()(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

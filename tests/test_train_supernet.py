@@ -168,3 +168,27 @@ def test_hard_distillation_from_a_local_timm_teacher(tmp_path):
     with pytest.raises(TrainingError, match="does not load"):
         torch.save(timm.create_model("resnet10t", num_classes=5).state_dict(), tmp_path / "t5.pt")
         run(small_cfg(tmp_path / "y", "train.distill.teacher=resnet10t", f"train.distill.checkpoint={tmp_path}/t5.pt"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("hard", ["false", "true"])
+def test_train_supernet_on_gpu(tmp_path, hard):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    out = run(small_cfg(tmp_path, "train.epochs=2", "train.device=cuda", f"supernet.hard={hard}"))
+    ckpt = load_checkpoint(out / "supernet.pt", SUPERNET_KIND)  # saved from the GPU, loads on the CPU
+    assert ckpt["model"]["alphas.2"].device.type == "cpu" and ckpt["model"]["alphas.2"].abs().sum() > 0
+    assert pd.read_csv(out / "metrics.csv")["val_acc"].iloc[-1] > 0.2
+
+
+def test_train_device_cuda_without_a_gpu_is_one_clear_error(tmp_path):
+    import torch
+
+    from nas.trainer import TrainingError
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(TrainingError, match="no CUDA device"):
+        run(small_cfg(tmp_path, "train.epochs=1", "train.device=cuda"))
