@@ -17,8 +17,10 @@ Dimension rules (paper Eq. 7, checked by `validate`):
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,27 @@ BLOCK_CODES = ("4d", "3d")
 NUM_STAGES = 4
 STAGES_WITH_3D = (2, 3)  # 0-based: the paper's stages 3 and 4
 REDUCTION = 32  # stem (4) x three stride-2 embeddings (8) = total stride
+
+# Upper bounds: beyond them a network does not build on a machine like ours (or is certainly a typo). Each is
+# named in the error that refuses it. L7, the largest preset, is 768 wide, 18 deep, 224 px and 82M parameters.
+MAX_WIDTH = 2048
+MAX_DEPTH = 64  # blocks per stage
+MAX_INPUT_SIZE = 1024
+MAX_IN_CHANS = 64
+MAX_CLASSES = 100_000
+MAX_POOL = 15
+MAX_KEY_DIM = 256
+MAX_HEADS = 64
+MAX_RATIO = 16.0  # mlp_ratio and attention.attn_ratio
+MAX_PARAMS = 250_000_000  # about 1 GB of float32 weights
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and v == v and abs(v) != float("inf")
 
 
 class SpecError(UserError, ValueError):
@@ -72,13 +95,20 @@ class ArchSpec:
     layer_scale_init: float = 1e-5
 
     def __post_init__(self) -> None:
-        # Normalise lists (from YAML or callers) into tuples so the spec stays hashable and frozen.
+        # Normalise lists (from YAML or callers) into tuples so the spec stays hashable and frozen. Values are not
+        # coerced: a wrong type stays as it is, for `validate` to name.
         stages = tuple(s if isinstance(s, StageSpec) else StageSpec(**s) for s in self.stages)
-        stages = tuple(StageSpec(int(s.width), tuple(s.blocks)) for s in stages)
+        stages = tuple(
+            StageSpec(
+                int(s.width) if isinstance(s.width, numbers.Integral) and not isinstance(s.width, bool) else s.width,
+                tuple(s.blocks) if isinstance(s.blocks, (list, tuple)) else s.blocks,
+            )
+            for s in stages
+        )
         object.__setattr__(self, "stages", stages)
         if isinstance(self.attention, dict):
             object.__setattr__(self, "attention", AttentionSpec(**self.attention))
-        if self.stem_width == 0 and stages:
+        if self.stem_width == 0 and stages and _is_int(stages[0].width):
             object.__setattr__(self, "stem_width", stages[0].width // 2)
 
     # ----------------------------------------------------------------------------------------- views
@@ -115,11 +145,15 @@ class ArchSpec:
         ...
         nas.arch.SpecError: stages[3].blocks: MB3D blocks must form a suffix of the stage, got ['3d', '4d']
         """
-        if len(self.stages) != NUM_STAGES:
-            raise SpecError(f"stages: expected {NUM_STAGES} stages, got {len(self.stages)}")
         for i, s in enumerate(self.stages):
-            if s.width <= 0:
-                raise SpecError(f"stages[{i}].width: must be positive, got {s.width}")
+            if not _is_int(s.width):
+                raise SpecError(f"stages[{i}].width: expected an integer, got {s.width!r}")
+            if not 0 < s.width <= MAX_WIDTH:
+                raise SpecError(f"stages[{i}].width: must be in 1..{MAX_WIDTH} (MAX_WIDTH), got {s.width}")
+            if not isinstance(s.blocks, tuple) or any(not isinstance(b, str) for b in s.blocks):
+                raise SpecError(f"stages[{i}].blocks: expected a list of block codes, got {s.blocks!r}")
+            if s.depth > MAX_DEPTH:
+                raise SpecError(f"stages[{i}].blocks: at most {MAX_DEPTH} blocks per stage (MAX_DEPTH), got {s.depth}")
             bad = [b for b in s.blocks if b not in BLOCK_CODES]
             if bad:
                 raise SpecError(f"stages[{i}].blocks: unknown block code {bad[0]!r}; use one of {BLOCK_CODES}")
@@ -130,23 +164,61 @@ class ArchSpec:
                 raise SpecError(
                     f"stages[{i}].blocks: MB3D blocks must form a suffix of the stage, got {list(s.blocks)}"
                 )
+        if len(self.stages) != NUM_STAGES:
+            raise SpecError(f"stages: expected {NUM_STAGES} stages, got {len(self.stages)}")
         if sum(self.depths) == 0:
             raise SpecError("stages: the network is empty (every stage has zero blocks)")
-        if self.input_size <= 0 or self.input_size % REDUCTION:
+        ints = {
+            "input_size": ("MAX_INPUT_SIZE", MAX_INPUT_SIZE),
+            "in_chans": ("MAX_IN_CHANS", MAX_IN_CHANS),
+            "num_classes": ("MAX_CLASSES", MAX_CLASSES),
+            "stem_width": ("MAX_WIDTH", MAX_WIDTH),
+            "pool_size": ("MAX_POOL", MAX_POOL),
+        }
+        for name, (bound, hi) in ints.items():
+            v = getattr(self, name)
+            if not _is_int(v):
+                raise SpecError(f"{name}: expected an integer, got {v!r}")
+            if not 0 < v <= hi:
+                raise SpecError(f"{name}: must be in 1..{hi} ({bound}), got {v}")
+        if self.input_size % REDUCTION:
             raise SpecError(f"input_size: must be a positive multiple of {REDUCTION}, got {self.input_size}")
-        for name in ("in_chans", "num_classes", "stem_width", "pool_size"):
-            if getattr(self, name) <= 0:
-                raise SpecError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.pool_size % 2 == 0:
             raise SpecError(f"pool_size: must be odd so the pooled grid keeps its size, got {self.pool_size}")
-        if self.mlp_ratio <= 0:
-            raise SpecError(f"mlp_ratio: must be positive, got {self.mlp_ratio}")
         a = self.attention
-        if a.key_dim <= 0 or a.num_heads <= 0 or a.attn_ratio <= 0:
-            raise SpecError(f"attention: key_dim, num_heads and attn_ratio must be positive, got {a}")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise SpecError(f"drop_path_rate: must be in [0, 1), got {self.drop_path_rate}")
+        if not isinstance(a, AttentionSpec):
+            raise SpecError(f"attention: expected a mapping of key_dim, num_heads, attn_ratio, got {a!r}")
+        for name, v, hi in (("key_dim", a.key_dim, MAX_KEY_DIM), ("num_heads", a.num_heads, MAX_HEADS)):
+            if not _is_int(v) or not 0 < v <= hi:
+                raise SpecError(f"attention.{name}: expected an integer in 1..{hi}, got {v!r}")
+        for name, v in (("mlp_ratio", self.mlp_ratio), ("attention.attn_ratio", a.attn_ratio)):
+            if not _is_num(v) or not 0 < v <= MAX_RATIO:
+                raise SpecError(f"{name}: expected a number in (0, {MAX_RATIO:g}] (MAX_RATIO), got {v!r}")
+        if int(a.attn_ratio * a.key_dim) < 1:
+            raise SpecError(f"attention.attn_ratio: attn_ratio x key_dim must give a value width >= 1, got {a}")
+        for i, w in enumerate(self.widths):
+            if int(w * self.mlp_ratio) < 1:
+                raise SpecError(f"mlp_ratio: stage {i + 1} (width {w}) would get an MLP of 0 hidden units")
+        if not _is_num(self.drop_path_rate) or not 0.0 <= self.drop_path_rate < 1.0:
+            raise SpecError(f"drop_path_rate: must be a number in [0, 1), got {self.drop_path_rate!r}")
+        if not _is_num(self.layer_scale_init):
+            raise SpecError(f"layer_scale_init: must be a finite number, got {self.layer_scale_init!r}")
+        if self.approx_params() > MAX_PARAMS:
+            raise SpecError(
+                f"stages: about {self.approx_params() / 1e6:.0f}M parameters, above MAX_PARAMS={MAX_PARAMS / 1e6:.0f}M"
+            )
         return self
+
+    def approx_params(self) -> int:
+        """Weights of the network, counted from the spec (convs, linears, attention; norms and biases ignored)."""
+        a, n = self.attention, 9 * self.in_chans * self.stem_width + 9 * self.stem_width * self.widths[0]
+        for i, s in enumerate(self.stages):
+            w, hidden = s.width, int(s.width * self.mlp_ratio)
+            n += 9 * self.widths[i - 1] * w if i else 0
+            n += (s.depth - s.num_3d) * 2 * w * hidden
+            qkv = a.num_heads * (2 * a.key_dim + int(a.attn_ratio * a.key_dim))
+            n += s.num_3d * (2 * w * hidden + w * qkv + int(a.attn_ratio * a.key_dim) * a.num_heads * w)
+        return n + 2 * self.widths[-1] * self.num_classes
 
     # -------------------------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -171,17 +243,18 @@ class ArchSpec:
             if not isinstance(s, dict):
                 raise SpecError(f"stages[{i}]: expected a mapping with width and blocks")
             _reject_unknown(f"stages[{i}]", s, {"width", "blocks"})
-            if not isinstance(s.get("width"), int):
-                raise SpecError(f"stages[{i}].width: expected an integer, got {s.get('width')!r}")
+            if "width" not in s:
+                raise SpecError(f"stages[{i}].width: missing")
             blocks = s.get("blocks") or []
             if not isinstance(blocks, (list, tuple)):
                 raise SpecError(f"stages[{i}].blocks: expected a list, got {blocks!r}")
-            parsed.append(StageSpec(s["width"], tuple(str(b) for b in blocks)))
+            parsed.append(StageSpec(s["width"], tuple(blocks)))
         d["stages"] = tuple(parsed)
         att = d.get("attention", {})
-        if isinstance(att, dict):
-            _reject_unknown("attention", att, {f.name for f in dataclasses.fields(AttentionSpec)})
-            d["attention"] = AttentionSpec(**att)
+        if att is None or not isinstance(att, dict):
+            raise SpecError(f"attention: expected a mapping of key_dim, num_heads, attn_ratio, got {att!r}")
+        _reject_unknown("attention", att, {f.name for f in dataclasses.fields(AttentionSpec)})
+        d["attention"] = AttentionSpec(**att)
         try:
             spec = cls(**d)
         except TypeError as e:  # e.g. a field of the wrong type that dataclass construction trips on
@@ -258,18 +331,37 @@ def _reject_unknown(where: str, d: dict[str, Any], known: set[str]) -> None:
         raise SpecError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text to `path` via a temporary file in the same folder and `os.replace`."""
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Durably replace `path`: `write(tmp)` fills a temporary file in the same folder, which is flushed to disk
+    (`fsync`) before `os.replace` renames it over `path`, and the folder is synced after. A crash or power cut
+    leaves the old file or the new one, never an empty or half-written file behind a successful rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:  # the rename itself is durable once the folder's entry is on disk (not possible on every OS)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text to `path` durably and atomically (see `atomic_write`)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def efficientformer_spec(depths: tuple[int, ...], widths: tuple[int, ...], num_vit: int, **kw: Any) -> ArchSpec:

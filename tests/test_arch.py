@@ -1,4 +1,5 @@
 import pytest
+import torch
 import yaml
 
 from nas.arch import PRESETS, ArchSpec, SpecError, StageSpec, efficientformer_spec, resolve_arch
@@ -104,3 +105,95 @@ def test_resolve_arch_unknown():
         resolve_arch("l9")
     with pytest.raises(SpecError, match="not found"):
         resolve_arch("missing/arch.yaml")
+
+
+# ------------------------------------------------------------------------------ arch YAML, property-based
+def _base_spec_dict() -> dict:
+    return {
+        "stages": [
+            {"width": 16, "blocks": ["4d"]},
+            {"width": 16, "blocks": []},
+            {"width": 32, "blocks": ["4d", "3d"]},
+            {"width": 32, "blocks": ["3d"]},
+        ],
+        "input_size": 32,
+        "in_chans": 3,
+        "num_classes": 10,
+        "mlp_ratio": 2.0,
+        "pool_size": 3,
+        "attention": {"key_dim": 8, "num_heads": 2, "attn_ratio": 2.0},
+        "drop_path_rate": 0.0,
+        "layer_scale_init": 1e-5,
+    }
+
+
+def _mutations():
+    from hypothesis import strategies as st
+
+    odd = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-3, 70),
+        st.sampled_from([0, 1, 2, 3, 5, 7, 31, 32, 48, 64, 96, 256, 1024, 2048, 2049, 10**9]),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([0.0, 0.01, 0.5, 1.5, 3.0, 16.0, 17.0, -1.0]),
+        st.text(max_size=3),
+        st.sampled_from(["64", "4d", "3d", "id", "rand"]),
+        st.lists(st.sampled_from(["4d", "3d", "id", 1, None]), max_size=4),
+        st.dictionaries(st.sampled_from(["width", "blocks", "key_dim", "x"]), st.integers(-1, 40), max_size=2),
+    )
+    keys = list(_base_spec_dict()) + ["meta_typo", "stem_width"]
+    top = st.tuples(st.sampled_from(keys), odd).map(lambda kv: ((kv[0],), kv[1]))
+    att = st.tuples(st.sampled_from(["key_dim", "num_heads", "attn_ratio", "typo"]), odd).map(
+        lambda kv: (("attention", kv[0]), kv[1])
+    )
+    stage = st.tuples(st.integers(0, 4), st.sampled_from(["width", "blocks", "typo"]), odd).map(
+        lambda t: (("stages", t[0], t[1]), t[2])
+    )
+    delete = st.sampled_from([("stages",), ("attention",), ("input_size",), ("stages", 0, "width")]).map(
+        lambda p: (p, "<delete>")
+    )
+    return st.lists(st.one_of(top, att, stage, delete), min_size=1, max_size=3)
+
+
+def _apply(d: dict, path: tuple, value) -> None:
+    node = d
+    for k in path[:-1]:
+        if isinstance(node, dict) and k in node:
+            node = node[k]
+        elif isinstance(node, list) and isinstance(k, int) and k < len(node):
+            node = node[k]
+        else:
+            return
+    last = path[-1]
+    if isinstance(node, dict):
+        node.pop(last, None) if value == "<delete>" else node.__setitem__(last, value)
+    elif isinstance(node, list) and isinstance(last, int) and last < len(node) and value != "<delete>":
+        node[last] = value
+
+
+def test_arch_yaml_is_refused_or_builds_and_runs():
+    """Property (hypothesis): any mutation of an arch YAML (wrong types, missing or extra keys, odd values) is
+    either refused with a SpecError, or builds and runs a forward pass with the right output shape."""
+    import yaml
+    from hypothesis import HealthCheck, given, settings
+
+    from nas.arch import SpecError
+    from supernet import build_model
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(_mutations())
+    def check(mutations):
+        d = _base_spec_dict()
+        for path, value in mutations:
+            _apply(d, path, value)
+        try:
+            spec = ArchSpec.from_yaml(yaml.safe_dump(d))
+        except SpecError:
+            return
+        model = build_model(spec).eval()
+        with torch.no_grad():
+            out = model(torch.randn(1, spec.in_chans, spec.input_size, spec.input_size))
+        assert out.shape == (1, spec.num_classes)
+
+    check()
