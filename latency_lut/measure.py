@@ -16,7 +16,8 @@ back, in a freshly shuffled order each round. Back to back is how a deployed mod
 inference, so chains and whole networks (calibration, validation, `--verify`) are all timed that way. Shuffling
 spreads machine drift over all items instead of biasing one. An item's latency is the `percentile` (default 25)
 of its timings: on a shared machine interference only ever slows a run down, and a low percentile is far more
-repeatable than the median. p25/p75 give the spread. Each finished group is written at once, so a crash loses at most the group in flight.
+repeatable than the median. p25/p75 give the spread. Each finished group is written at once, so a crash loses
+at most the group in flight.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ class Chain:
     with_row: bool
 
 
-Item = Union[Row, Net]  # what a table row is measured for; Chain items are how a Row is measured
+Item = Row | Net  # what a table row is measured for; Chain items are how a Row is measured
 
 
 def width_options(max_width: int, step: int = 16) -> list[int]:

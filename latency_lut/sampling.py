@@ -52,7 +52,9 @@ def slimmer_like_spec(space: SpaceConfig, num_classes: int, rng: random.Random, 
 
 def approx_cost(spec: ArchSpec) -> float:
     """A cheap size proxy (channel products x grid area over the layer plan), for spreading samples."""
-    return float(sum(r.in_width * r.width * r.resolution**2 * (8 if r.kind[:2] == "mb" else 1) for r in spec_rows(spec)))
+    return float(
+        sum(r.in_width * r.width * r.resolution**2 * (8 if r.kind[:2] == "mb" else 1) for r in spec_rows(spec))
+    )
 
 
 def mixed_specs(

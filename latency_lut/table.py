@@ -172,9 +172,7 @@ class LatencyTable:
             c: (first[c].item() if hasattr(first[c], "item") else first[c]) for c in META_COLUMNS
         }
         fp = first["fingerprint"] if "fingerprint" in self.df.columns else None
-        self.fingerprint: dict[str, str] | None = (
-            decode_fingerprint(fp, source) if isinstance(fp, str) and fp else None
-        )
+        self.fingerprint: dict[str, str] | None = decode_fingerprint(fp, source) if isinstance(fp, str) and fp else None
         self.calibration: Calibration | None = None
         nets = self.networks()
         if len(nets) >= 3 and not any(self.missing(spec) for spec, _ in nets):  # (a partial build: not yet)
@@ -267,6 +265,12 @@ class LatencyTable:
         if miss:
             shown = ", ".join(str(r) for r in miss[:4]) + (f" and {len(miss) - 4} more" if len(miss) > 4 else "")
             raise LUTError(f"{self.source} lacks {len(miss)} row(s) the spec needs: {shown}")
+
+    def raw_row(self, row: Row) -> float:
+        """One layer row's ms (the table's own value; `LUTError` if it lacks the row)."""
+        if row.key not in self._ms:
+            raise LUTError(f"{self.source} lacks the row {row}")
+        return self._ms[row.key]
 
     def raw(self, spec: ArchSpec) -> float:
         """The plain sum: the spec's layer rows plus one per-call overhead (ms)."""

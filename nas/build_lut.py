@@ -108,8 +108,9 @@ def run(cfg: BuildLUTConfig) -> Path:
     nets = [
         Net(k, s)
         for k, s in enumerate(
-            mixed_specs(cfg.space, cfg.num_classes, cfg.calibration_networks, cfg.calibration_seed, cfg.width_step,
-                        spread=True)
+            mixed_specs(
+                cfg.space, cfg.num_classes, cfg.calibration_networks, cfg.calibration_seed, cfg.width_step, spread=True
+            )
         )
     ]
     todo = [r for r in rows if r.key not in done] + [n for n in nets if ("net", 3, n.index, 0) not in done]

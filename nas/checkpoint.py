@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +20,11 @@ class CheckpointError(UserError):
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """torch.save to a temporary file beside `path`, then `os.replace`: a crash never leaves a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save to a temporary file beside `path`, synced, then renamed over it (`nas.arch.atomic_write`):
+    a crash or power cut never leaves a half or empty checkpoint."""
+    from nas.arch import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, Any]:

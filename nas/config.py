@@ -13,7 +13,9 @@ when no YAML mentions it.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,3 +62,11 @@ def to_yaml(cfg: Any) -> str:
 
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(message)s")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints its usage and then the error; every entry point promises one `error:` line."""
+
+    def error(self, message: str) -> None:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)

@@ -6,7 +6,8 @@
 The exported model is the deploy model (`model.fuse()`: BN folded, LayerScale folded, heads merged).
 ONNX is checked against torch with onnxruntime (max abs diff reported; above `tolerance` it fails).
 CoreML writes an .mlpackage (mlprogram); its numeric check runs only on macOS, where MLModel.predict exists.
-TorchScript is checked against eager. The LUT-predicted latency is reported beside the latency measured on
+TorchScript is checked too. Every check compares with the *unfused* eager model, so a fusion fault fails it.
+The LUT-predicted latency is reported beside the latency measured on
 the matching backend when that backend runs here. Everything lands in out=DIR/export_<format>.json too.
 """
 
@@ -55,6 +56,7 @@ class ExportError(UserError):
 
 
 def load_model(cfg: ExportConfig):
+    """The spec and its model in eval mode, *unfused* (the reference every export is checked against)."""
     from supernet import build_model
 
     spec = resolve_arch(cfg.arch)
@@ -69,7 +71,7 @@ def load_model(cfg: ExportConfig):
         if saved is not None and ArchSpec.from_dict(saved) != spec:
             raise CheckpointError(f"{cfg.weights} holds weights for another architecture than {cfg.arch}")
         model.load_state_dict(ckpt["model"])
-    return spec, model.eval().fuse()
+    return spec, model.eval()
 
 
 def export_onnx(model, x: torch.Tensor, path: Path) -> None:
@@ -108,13 +110,16 @@ def export_coreml(model, x: torch.Tensor, path: Path):
 def run(cfg: ExportConfig) -> dict[str, Any]:
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format!r}; choose one of {', '.join(FORMATS)}")
-    spec, model = load_model(cfg)
+    import copy
+
+    spec, unfused = load_model(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     x = torch.randn(1, spec.in_chans, spec.input_size, spec.input_size)
     with torch.no_grad():
-        ref = model(x)
+        ref = unfused(x)  # every format is checked against the unfused eager model, not the model it was made from
+    model = copy.deepcopy(unfused).fuse()
     report: dict[str, Any] = {
         "arch": cfg.arch,
         "weights": cfg.weights,

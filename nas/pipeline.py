@@ -11,7 +11,6 @@ config has that top-level key, e.g. `data=digits train.epochs=1` reaches both tr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.arch import atomic_write_text
-from nas.config import compose, setup_logging
+from nas.config import OneLineParser, compose, setup_logging
 from nas.errors import run_cli
 
 log = logging.getLogger(__name__)
@@ -78,6 +77,7 @@ def run(target_ms: float, out: Path, overrides: list[str], init: str = "scratch"
             f"lut={lut}",
             f"out={slim_dir}",
             "overwrite=true",
+            "verify=true",  # the LUT was measured here: keep the target as measured, not only as predicted
         ],
         slim.SlimConfig,
     )
@@ -125,7 +125,7 @@ def run(target_ms: float, out: Path, overrides: list[str], init: str = "scratch"
 
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
-    p = argparse.ArgumentParser(prog="python -m nas.pipeline", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m nas.pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument("--target-ms", type=float, required=True, help="latency target in ms (LUT-predicted)")
     p.add_argument("--out", default="runs/pipeline", help="folder for every step's outputs")
     p.add_argument("--init", choices=("scratch", "inherited"), default="scratch", help="how nas.train starts")

@@ -21,7 +21,6 @@ Outputs (written to a staging folder and moved into --out only when complete):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -40,14 +39,23 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from latency_lut.backends import Backend, make_backend
-from latency_lut.measure import MeasureConfig, measure_networks, space_rows
-from latency_lut.table import LatencyTable, LUTError
+from latency_lut.measure import MeasureConfig, measure_networks, space_rows, width_options
+from latency_lut.table import LatencyTable, LUTError, spec_rows
 from nas.arch import ArchSpec, atomic_write_text
 from nas.checkpoint import SUPERNET_KIND, WEIGHTS_KIND, CheckpointError, load_checkpoint, save_atomic
-from nas.config import ConfigError, compose, setup_logging, to_yaml
+from nas.config import ConfigError, OneLineParser, compose, setup_logging, to_yaml
 from nas.data import DataConfig, build_datasets
 from nas.errors import UserError, run_cli
-from nas.slimming import Slimmer, SlimState, Step, UnreachableTarget, Verified, first_at_or_below, verified_step
+from nas.slimming import (
+    Choices,
+    Slimmer,
+    SlimState,
+    Step,
+    UnreachableTarget,
+    Verified,
+    first_at_or_below,
+    verified_step,
+)
 from supernet.model import EfficientViT
 from supernet.space import SpaceConfig
 from supernet.supernet import SuperNet
@@ -78,15 +86,38 @@ def newest(pattern: str, root: Path = Path("runs")) -> list[Path]:
     return sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+SUPERNET_META = ("space", "num_classes", "config.data")  # what nas.slim reads from a supernet's meta
+
+
 def load_supernet(path: Path) -> tuple[SuperNet, dict[str, Any]]:
+    """A supernet checkpoint, each way it can be wrong reported as one line of its own: missing meta keys, a
+    space that is not a valid space, a space that cannot build, or weights that do not fit the space."""
     ckpt = load_checkpoint(path, SUPERNET_KIND)
-    meta = ckpt.get("meta", {})
+    meta = ckpt.get("meta")
+    for key in SUPERNET_META:
+        node = meta
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            raise CheckpointError(f"{path}: its meta lacks {key!r}; not a supernet written by nas.train_supernet")
+    if "model" not in ckpt:
+        raise CheckpointError(f"{path}: holds no 'model' weights")
+
+    def short(e: Exception) -> str:
+        return " ".join(str(e).split())[:160]
+
     try:
         space = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SpaceConfig), meta["space"]))
+    except Exception as e:  # omegaconf's errors: a wrong key or type in the stored space
+        raise CheckpointError(f"{path}: its stored space is not a valid space ({short(e)})") from None
+    try:
         net = SuperNet(space, int(meta["num_classes"]), int(meta.get("in_chans", 3)))
+    except (UserError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: its space {space.name!r} cannot be built ({short(e)})") from None
+    try:
         net.load_state_dict(ckpt["model"])
-    except Exception as e:  # a checkpoint whose weights do not fit the space it declares
-        raise CheckpointError(f"{path}: weights do not match its space ({' '.join(str(e).split())[:160]})") from None
+    except RuntimeError as e:  # missing, unexpected or mis-shaped tensors
+        raise CheckpointError(f"{path}: weights do not match its space {space.name!r} ({short(e)})") from None
     net.eval()
     return net, ckpt
 
@@ -177,8 +208,9 @@ def evaluate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]])
 
 
 def cached_batches(data_cfg: DataConfig, cfg: SlimConfig):
-    """Fixed validation and BN-calibration batches, loaded once (evaluation dominates the cost)."""
-    data_cfg = dataclasses.replace(data_cfg, augment=False)
+    """Fixed validation and BN-calibration batches, loaded once (evaluation dominates the cost). Both are
+    un-augmented images; the BN batches are drawn by a generator seeded with `cfg.seed`."""
+    data_cfg = dataclasses.replace(data_cfg, augment=False, auto_augment=None)  # plain images, no random transform
     splits = build_datasets(data_cfg)
     n_val = min(cfg.val_images, len(splits.val))
     val_idx = list(range(n_val))
@@ -294,7 +326,13 @@ def verify_backend(table: LatencyTable) -> Backend | None:
 
 
 def verify_targets(
-    traj: list[Step], targets: list[float], slimmer: Slimmer, net: SuperNet, backend: Backend, cfg: SlimConfig, batch: int
+    traj: list[Step],
+    targets: list[float],
+    slimmer: Slimmer,
+    net: SuperNet,
+    backend: Backend,
+    cfg: SlimConfig,
+    batch: int,
 ) -> dict[float, Verified]:
     """For each target, the first trajectory state whose measured latency is at or below it (see `verified_step`)."""
 
@@ -331,19 +369,34 @@ def validate_targets(targets: list[float]) -> list[float]:
 
 
 def min_latency(net: SuperNet, table: LatencyTable, step: int) -> tuple[float, ArchSpec]:
-    """The smallest predicted latency in the space: one block, every stage at its narrowest width."""
-    widths = tuple(w - step * ((w - 1) // step) for w in net.space.widths)
-    best = None
+    """The smallest predicted latency in the space, exactly. Every row costs >= 0, so the minimum has one block;
+    for each placement of it, the widths are chosen by dynamic programming: a network's rows split by stage,
+    and stage k's rows depend only on its width and stage k-1's (through its embedding). Rows need not fall
+    with width (measurements are not monotone), so the narrowest widths are not assumed to be the fastest."""
+    opts = [width_options(w, step) for w in net.space.widths]
+    cost = {r.key: table.raw_row(r) for r in space_rows(net.space, net.num_classes, step)}
+    best: tuple[float, ArchSpec] | None = None
     for i in range(4):
-        for code in net.stage_choices[i]:
-            if code == "id":
-                continue
-            choices = tuple(tuple("id" for _ in range(d)) for d in net.space.depths)
-            choices = tuple((code,) + c[1:] if k == i else c for k, c in enumerate(choices))
+        for code in (c for c in net.stage_choices[i] if c != "id"):
+            choices = tuple(
+                tuple(code if (k == i and j == 0) else "id" for j in range(d)) for k, d in enumerate(net.space.depths)
+            )
+
+            def stage_cost(k: int, prev: int, w: int, choices: Choices = choices) -> float:
+                widths = [opts[0][0]] * 4
+                widths[max(k - 1, 0)], widths[k] = prev, w
+                return sum(cost[r.key] for r in spec_rows(net.spec_of(choices, tuple(widths))) if r.stage == k)
+
+            # paths[w] = (cost so far, widths so far) for the cheapest prefix ending at width w
+            paths = {w: (stage_cost(0, w, w), (w,)) for w in opts[0]}
+            for k in range(1, 4):
+                paths = {w: min((c + stage_cost(k, p, w), ws + (w,)) for p, (c, ws) in paths.items()) for w in opts[k]}
+            _, widths = min(paths.values())
             spec = net.spec_of(choices, widths)
             lat = table.predict(spec)
             if best is None or lat < best[0]:
                 best = (lat, spec)
+    assert best is not None
     return best
 
 
@@ -460,8 +513,14 @@ def run(cfg: SlimConfig) -> Path:
 
 
 def publish(staging: Path, out: Path) -> None:
-    """Move each finished output from the staging folder into `out` (each move is a rename)."""
+    """Move each finished output from the staging folder into `out` (each move is a rename). Outputs of an
+    earlier run in `out` (overwrite=true) are replaced as a set: its `target_*ms` folders that this run did not
+    write are removed, so no stale architecture sits beside the new ones."""
     out.mkdir(parents=True, exist_ok=True)
+    new = {item.name for item in staging.iterdir()}
+    for old in out.glob("target_*ms"):
+        if old.is_dir() and old.name not in new:
+            shutil.rmtree(old)
     for item in sorted(staging.iterdir()):
         dest = out / item.name
         if dest.is_dir():
@@ -470,12 +529,6 @@ def publish(staging: Path, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse prints usage + error; we promise one line
-        print(f"error: {message} (see python -m nas.slim --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv: list[str]) -> list[str]:
     """Turn the documented --flags into hydra overrides; key=value arguments pass through."""
     p = OneLineParser(prog="python -m nas.slim", description=__doc__.split("\n\n")[0])
@@ -486,7 +539,8 @@ def parse_args(argv: list[str]) -> list[str]:
     p.add_argument(
         "--verify",
         action="store_true",
-        help="measure each emitted architecture on the LUT's backend; if over its target, emit the next state that is not",
+        help="measure each emitted architecture on the LUT's backend; if over its target, emit the next state "
+        "that is not",
     )
     p.add_argument("overrides", nargs="*", help="hydra overrides for search_configs/slim.yaml, e.g. val_images=1000")
     a = p.parse_args(argv)

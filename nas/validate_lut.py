@@ -181,7 +181,11 @@ def sign_stats(actions: pd.DataFrame) -> dict[str, float]:
     """Sign agreement of measured with predicted differences, among those above the rows' own spread."""
     above = actions[actions["predicted_diff_ms"].abs() > actions["row_noise_ms"]]
     agree = np.sign(above["predicted_diff_ms"]) == np.sign(above["measured_diff_ms"])
-    return {"pairs": len(actions), "above_noise": len(above), "sign_agree": float(agree.mean()) if len(above) else np.nan}
+    return {
+        "pairs": len(actions),
+        "above_noise": len(above),
+        "sign_agree": float(agree.mean()) if len(above) else np.nan,
+    }
 
 
 def report(df: pd.DataFrame, figures: dict[str, dict[str, float]], table: LatencyTable) -> str:

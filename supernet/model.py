@@ -95,7 +95,9 @@ class EfficientViTStage(nn.Module):
     def __init__(self, spec: ArchSpec, i: int, drop_path: list[float]):
         super().__init__()
         plan = stage_plan(spec, i)
-        self.downsample = Embedding(plan[0].in_width, plan[0].width) if plan and plan[0].kind == "embed" else nn.Identity()
+        self.downsample = (
+            Embedding(plan[0].in_width, plan[0].width) if plan and plan[0].kind == "embed" else nn.Identity()
+        )
         blocks: list[nn.Module] = []
         dp = iter(drop_path)
         for layer in plan:

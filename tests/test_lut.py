@@ -232,7 +232,9 @@ def test_validate_lut_end_to_end(tmp_path):
     from nas.validate_lut import run as validate
 
     table = LatencyTable.load(lut)
-    cfg = compose("validate_lut", [*SMALL_SPACE, *FAST[:-1], f"lut={lut}", "samples=6", "action_pairs=3"], ValidateLUTConfig)
+    cfg = compose(
+        "validate_lut", [*SMALL_SPACE, *FAST[:-1], f"lut={lut}", "samples=6", "action_pairs=3"], ValidateLUTConfig
+    )
     df = validate(cfg)
     fit_set = {a for a in table.df["arch"].dropna() if a}
     assert len(df) == 6 and not set(df["arch"]) & fit_set  # held out from the calibration networks
@@ -240,7 +242,10 @@ def test_validate_lut_end_to_end(tmp_path):
     base = table.base_spec()
     specs = [decode_stages(a, base) for a in df["arch"]]
     # predictions are the table's own: calibrated raw sums, the raw sum a hand sum over the spec's rows
-    by_hand = [sum(table.df.set_index(["kind", "stage", "in_width", "width"]).loc[r.key, "ms"] for r in spec_rows(s)) for s in specs]
+    by_hand = [
+        sum(table.df.set_index(["kind", "stage", "in_width", "width"]).loc[r.key, "ms"] for r in spec_rows(s))
+        for s in specs
+    ]
     assert np.allclose(df["raw_ms"], np.array(by_hand) + table.call_ms)
     assert np.allclose(df["predicted_ms"], df["raw_ms"] * table.calibration.scale)
     # the reported figures are those of the measured frame
@@ -289,7 +294,17 @@ def calibrated_table(scale: float, call: float = 0.25) -> tuple[LatencyTable, li
     ratios = [scale * 0.9, scale, scale * 1.3]  # median: scale
     extra = [dict(df.iloc[0], kind="call", stage=0, in_width=0, width=0, resolution=0, ms=call)]
     for k, (s, r) in enumerate(zip(nets, ratios)):
-        extra.append(dict(df.iloc[0], kind="net", stage=3, in_width=k, width=0, ms=r * (plain.raw(s) + call), arch=encode_stages(s)))
+        extra.append(
+            dict(
+                df.iloc[0],
+                kind="net",
+                stage=3,
+                in_width=k,
+                width=0,
+                ms=r * (plain.raw(s) + call),
+                arch=encode_stages(s),
+            )
+        )
     return LatencyTable(pd.concat([df, pd.DataFrame(extra)], ignore_index=True)), nets
 
 
@@ -418,10 +433,18 @@ def test_build_and_validate_a_cuda_lut(tmp_path):
     lut = tmp_path / "cuda.csv"
     build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, "backend=cuda", f"out={lut}"], BuildLUTConfig))
     t = LatencyTable.load(lut)
-    assert t.meta["backend"] == "cuda" and "cuda=" in t.meta["versions"] and t.meta["device"] == torch.cuda.get_device_name()
+    assert (
+        t.meta["backend"] == "cuda"
+        and "cuda=" in t.meta["versions"]
+        and t.meta["device"] == torch.cuda.get_device_name()
+    )
     assert t.calibration is not None and (t.df[t.df["kind"] == "net"]["ms"] > 0).all()
     from nas.validate_lut import ValidateLUTConfig
     from nas.validate_lut import run as validate
 
-    df = validate(compose("validate_lut", [*SMALL_SPACE, *FAST[:-1], f"lut={lut}", "samples=6", "action_pairs=2"], ValidateLUTConfig))
+    df = validate(
+        compose(
+            "validate_lut", [*SMALL_SPACE, *FAST[:-1], f"lut={lut}", "samples=6", "action_pairs=2"], ValidateLUTConfig
+        )
+    )
     assert len(df) == 6 and (df["measured_ms"] > 0).all()

@@ -178,8 +178,29 @@ def test_target_above_start_emits_unslimmed(trained, tmp_path, caplog):
 
 
 def test_target_below_the_space_floor_names_it(trained, tmp_path):
-    with pytest.raises(UnreachableTarget, match=r"smallest latency this space reaches on this LUT: [\d.]+ ms"):
-        slim(slim_cfg(trained, tmp_path / "o", [0.0001]))
+    """Oracle: the floor in the message is the minimum of `predict` over every spec of the space, enumerated."""
+    import itertools
+
+    from nas.arch import SpecError
+    from nas.slim import load_supernet
+
+    net, _ = load_supernet(trained[0])
+    table = LatencyTable.load(trained[1])
+    best = float("inf")
+    paths = [opts for opts, d in zip(net.stage_choices, net.space.depths) for _ in range(d)]
+    widths = [list(range(w, 0, -16)) for w in net.space.widths]
+    for combo in itertools.product(*paths):
+        it = iter(combo)
+        choices = tuple(tuple(next(it) for _ in range(d)) for d in net.space.depths)
+        if all(c == "id" for c in combo):
+            continue
+        for ws in itertools.product(*widths):
+            try:
+                best = min(best, table.predict(net.spec_of(choices, ws)))
+            except SpecError:  # MB3D not a suffix
+                break
+    with pytest.raises(UnreachableTarget, match=rf"reaches on this LUT: {best:.4g} ms"):
+        slim(slim_cfg(trained, tmp_path / "o", [best * 0.98]))
     assert not (tmp_path / "o").exists()  # nothing half-written
 
 
@@ -209,6 +230,62 @@ def test_bad_supernet_checkpoints(trained, tmp_path):
     torch.save(ckpt, other)
     with pytest.raises(CheckpointError, match="do not match its space"):
         slim(slim_cfg(trained, tmp_path / "o", [1.0], f"supernet={other}"))
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda c: c["meta"].pop("space"), "meta lacks 'space'"),
+        (lambda c: c["meta"].pop("num_classes"), "meta lacks 'num_classes'"),
+        (lambda c: c["meta"]["config"].pop("data"), "meta lacks 'config.data'"),
+        (lambda c: c.pop("meta"), "meta lacks 'space'"),
+        (lambda c: c["meta"]["space"].update(depthz=[1, 1, 1, 1]), "stored space is not a valid space"),
+        (lambda c: c["meta"]["space"].update(depths=[1, 1]), "cannot be built"),
+        (lambda c: c.pop("model"), "holds no 'model'"),
+    ],
+)
+def test_supernet_checkpoint_faults_each_get_their_own_line(trained, tmp_path, mutate, match):
+    ckpt = torch.load(trained[0], weights_only=True)
+    mutate(ckpt)
+    p = tmp_path / "sn.pt"
+    torch.save(ckpt, p)
+    with pytest.raises(CheckpointError, match=match):
+        slim(slim_cfg(trained, tmp_path / "o", [1.0], f"supernet={p}"))
+    if match.startswith("meta lacks"):  # through the CLI: one line, exit 2, no traceback
+        r = subprocess.run(
+            [sys.executable, "-m", "nas.slim", "--target-ms", "1.0", "--supernet", str(p), "--lut", str(trained[1])],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "meta lacks" in r.stderr
+
+
+def test_overwrite_replaces_the_whole_set_of_targets(trained, tmp_path):
+    start = trained[2]
+    out = tmp_path / "o"
+    slim(slim_cfg(trained, out, [round(start * 0.9, 4), round(start * 0.7, 4)]))
+    slim(slim_cfg(trained, out, [round(start * 0.8, 4)], "overwrite=true"))
+    assert sorted(p.name for p in out.glob("target_*ms")) == [f"target_{round(start * 0.8, 4):g}ms"]
+
+
+def test_bn_batches_are_plain_images_from_a_seeded_generator(monkeypatch):
+    """Oracle: with RandAugment on in the supernet's data config, the BN batches still equal the plain
+    (un-augmented) images of the same indices, and two loads give identical tensors."""
+    from nas.data import DataConfig, build_datasets
+    from nas.slim import SlimConfig, cached_batches
+
+    cfg = SlimConfig(val_images=50, bn_batches=2, batch_size=32, seed=3)
+    data = DataConfig(name="digits", input_size=32, val_size=200, augment=True, auto_augment="rand-m9")
+    torch.manual_seed(1)
+    _, bn1 = cached_batches(data, cfg)
+    torch.manual_seed(2)  # another global RNG state: nothing may depend on it
+    _, bn2 = cached_batches(data, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(bn1, bn2))
+    plain = build_datasets(DataConfig(name="digits", input_size=32, val_size=200, augment=False)).train
+    idx = torch.randperm(len(plain), generator=torch.Generator().manual_seed(3))[:64].tolist()
+    assert torch.equal(torch.cat(bn1), torch.stack([plain[i][0] for i in idx]))
 
 
 @pytest.mark.parametrize("targets", [[0.0], [-1.0], []])
@@ -280,7 +357,9 @@ def test_verify_slims_further_when_the_trajectory_runs_out():
         t.append(new)
         return new
 
-    v = verified_step(traj, 1.0, lambda states: [1.1 * 0.8 ** (int(s.choices[0][0].strip("x")) - 1) for s in states], extend, {})
+    v = verified_step(
+        traj, 1.0, lambda states: [1.1 * 0.8 ** (int(s.choices[0][0].strip("x")) - 1) for s in states], extend, {}
+    )
     assert v.step.step == 2 and v.measured_ms <= 1.0 and len(traj) == 3  # slimmed exactly one step further
     with pytest.raises(UnreachableTarget, match="no state of the slimming trajectory"):
         verified_step(_traj([2.0, 1.0]), 1.0, lambda s: [1.5] * len(s), extend=lambda t: None, measured={})

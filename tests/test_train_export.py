@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from nas.arch import ArchSpec
 from nas.checkpoint import TRAIN_KIND, CheckpointError, load_checkpoint
 from nas.config import ConfigError, compose
-from nas.export import ExportConfig
+from nas.export import ExportConfig, ExportError
 from nas.export import run as export
 from nas.slim import load_weights
 from nas.slim import run as slim
@@ -118,11 +119,30 @@ def test_export_torchscript_and_errors(slimmed, tmp_path):
     rep = export(
         compose("export", [f"arch={slimmed / 'arch.yaml'}", "format=torchscript", f"out={tmp_path}"], ExportConfig)
     )
-    assert rep["max_abs_diff_vs_torch"] == 0.0 and (tmp_path / "model.pt").is_file()
+    assert rep["max_abs_diff_vs_torch"] <= 1e-4 and (tmp_path / "model.pt").is_file()
     with pytest.raises(ConfigError, match="format"):
         export(compose("export", [f"arch={slimmed / 'arch.yaml'}", "format=tflite", f"out={tmp_path}"], ExportConfig))
     with pytest.raises(CheckpointError, match="another architecture"):
         export(compose("export", ["arch=l1", f"weights={slimmed / 'weights.pt'}", f"out={tmp_path}"], ExportConfig))
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_check_catches_a_faulty_fusion(slimmed, tmp_path, monkeypatch, fmt):
+    """The check must compare with the unfused model: break fuse() and the export has to fail."""
+    from supernet.model import EfficientViT
+
+    real_fuse = EfficientViT.fuse
+
+    def faulty_fuse(self):
+        real_fuse(self)
+        with torch.no_grad():
+            self.head.bias.add_(0.5)  # a folding bug
+        return self
+
+    monkeypatch.setattr(EfficientViT, "fuse", faulty_fuse)
+    with pytest.raises(ExportError, match="differs from torch"):
+        export(compose("export", [f"arch={slimmed / 'arch.yaml'}", f"format={fmt}", f"out={tmp_path}"], ExportConfig))
+    assert not (tmp_path / ("model.pt" if fmt == "torchscript" else "model.onnx")).exists()  # nothing half-written
 
 
 @pytest.mark.slow
@@ -146,10 +166,12 @@ def test_pipeline_chains_every_step(tmp_path):
     from nas.pipeline import run as pipeline
 
     quick = [*SMALL, "train.epochs=1", *FAST, "val_images=100", "bn_batches=1"]
-    rep = pipeline(100.0, tmp_path, quick)
+    rep = pipeline(0.35, tmp_path, quick)  # below the start latency (about 0.55 ms at 32 px): slimming must act
     assert set(rep["wall_s"]) == {"train_supernet", "build_lut", "slim", "train", "export"}
+    meta = yaml.safe_load((tmp_path / "slim" / "target_0.35ms" / "arch.yaml").read_text())["meta"]
+    assert meta["slimming_step"] > 0 and meta["measured_ms"] <= 0.35  # slimmed, and verified on measurement
     assert 0 <= rep["test_top1"] <= 1 and (tmp_path / "export" / "model.onnx").is_file()
-    again = pipeline(100.0, tmp_path, quick)  # finished steps are skipped on a re-run
+    again = pipeline(0.35, tmp_path, quick)  # finished steps are skipped on a re-run
     assert "train_supernet" not in again["wall_s"] and "train" not in again["wall_s"]
     assert Path(tmp_path / "pipeline.json").is_file()
 
