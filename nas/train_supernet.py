@@ -47,9 +47,15 @@ class SupernetConfig:
     alpha_beta1: float = 0.5  # DARTS' Adam betas for alpha: (0.5, 0.999)
     alpha_start_epoch: int = 0  # alpha stays frozen for this many epochs while the weights warm up (FBNet)
 
-    def tau(self, epoch: int, epochs: int) -> float:
+    def tau(self, epoch: int, epochs: int, anchor: tuple[int, float] | None = None) -> float:
+        """tau for 0-based `epoch` of `epochs`. `anchor` = (epochs completed, tau of the last of them) when a run
+        is resumed: tau then anneals geometrically from that value to tau_end over the remaining epochs, so
+        extending train.epochs keeps tau continuous, and a plain resume reproduces the original schedule."""
         if self.tau_decay > 0:
             return max(self.tau_end, self.tau_start * self.tau_decay**epoch)
+        if anchor is not None and anchor[0] > 0:
+            done, last = anchor
+            return last * (self.tau_end / last) ** ((epoch - done + 1) / max(epochs - done, 1))
         frac = epoch / max(epochs - 1, 1)
         return self.tau_start * (self.tau_end / self.tau_start) ** frac
 
@@ -68,9 +74,11 @@ class SupernetTrainer(Trainer):
     kind = SUPERNET_KIND
     ckpt_name = "supernet.pt"
     find_unused_parameters = True  # hard mode runs one branch per MetaPath: the others get no gradient
+    frozen_sections = ("data", "space", "supernet")  # a resume may change train.* (e.g. epochs), not these
 
     def __init__(self, model: SuperNet, sn_cfg: SupernetConfig, *args: Any, **kwargs: Any):
         self.sn_cfg = sn_cfg
+        self._tau_anchor: tuple[int, float] | None = None
         super().__init__(model, *args, **kwargs)
         self.alpha_optimizer = torch.optim.Adam(
             model.arch_parameters(), lr=sn_cfg.alpha_lr, betas=(sn_cfg.alpha_beta1, 0.999), weight_decay=0.0
@@ -80,7 +88,7 @@ class SupernetTrainer(Trainer):
         return self.model.weight_parameters()
 
     def on_epoch_start(self, epoch: int) -> None:
-        self.model.tau = self.sn_cfg.tau(epoch, self.cfg.epochs)
+        self.model.tau = self.sn_cfg.tau(epoch, self.cfg.epochs, self._tau_anchor)
 
     def after_backward(self, epoch: int) -> None:
         if epoch >= self.sn_cfg.alpha_start_epoch:
@@ -101,6 +109,7 @@ class SupernetTrainer(Trainer):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
         self.model.tau = float(state["tau"])
+        self._tau_anchor = (int(state["epoch"]), self.model.tau)
 
     def check_compatible(self, ckpt: dict[str, Any], path: Path) -> None:
         check_space(ckpt, self.meta["space"], path)

@@ -141,6 +141,15 @@ def _set_np_state(s: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))
 
 
+def _flatten(d: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}"))
+    return out
+
+
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
     return (logits.argmax(-1) == target).float().mean().item()
 
@@ -150,6 +159,7 @@ class Trainer:
 
     kind = TRAIN_KIND
     ckpt_name = "checkpoint.pt"
+    frozen_sections = ("data", "init", "weights")  # config keys a resume must share with its checkpoint
     find_unused_parameters = False  # DDP: the supernet sets True (hard mode skips branches)
 
     def __init__(
@@ -165,6 +175,7 @@ class Trainer:
         self.meta = meta  # saved in the checkpoint as is: config, spec/space, input size, ...
         self.dist = dist_info or DistInfo()
         self.epoch = 0  # epochs completed
+        self._rng_per_rank: list[dict[str, Any]] | None = None
         self.metrics: list[dict[str, float]] = []
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -386,6 +397,7 @@ class Trainer:
             row.update(self.extra_metrics())
             self.metrics.append(row)
             self.epoch = epoch + 1
+            self.gather_rng()
             if self.dist.is_main:
                 log.info(
                     "epoch %d/%d  %s",
@@ -409,10 +421,21 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "rng": {"torch": torch.get_rng_state(), "numpy": _np_state()},
+            "rng": self._rng_per_rank or [self._rng_state()],  # one entry per DDP rank
             "metrics": self.metrics,
             **self.extra_state(),
         }
+
+    @staticmethod
+    def _rng_state() -> dict[str, Any]:
+        return {"torch": torch.get_rng_state(), "numpy": _np_state()}
+
+    def gather_rng(self) -> None:
+        """Collect every rank's RNG state (a collective: all ranks call it) for the next checkpoint."""
+        if self.dist.world_size > 1:
+            states: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(states, self._rng_state())
+            self._rng_per_rank = states
 
     def save(self) -> None:
         save_atomic(self.state(), self.out_dir / self.ckpt_name)
@@ -430,17 +453,42 @@ class Trainer:
     def resume(self, path: Path, ckpt: dict[str, Any] | None = None) -> None:
         """Continue from the checkpoint at `path` (pass `ckpt` when it is already loaded)."""
         ckpt = load_checkpoint(path, self.kind) if ckpt is None else ckpt
+        self.check_settings(ckpt, path)
         self.check_compatible(ckpt, path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        _set_np_state(ckpt["rng"]["numpy"])
+        rng = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # older checkpoints: one state
+        if len(rng) > 1 and len(rng) != self.dist.world_size:
+            raise TrainingError(
+                f"resume: {path} holds the RNG states of {len(rng)} ranks, this run has "
+                f"{self.dist.world_size}; resume with the same number of processes"
+            )
+        own = rng[self.dist.rank] if len(rng) > 1 else rng[0]  # each DDP rank restores its own RNG state
+        torch.set_rng_state(own["torch"])
+        _set_np_state(own["numpy"])
         self.epoch, self.metrics = int(ckpt["epoch"]), list(ckpt["metrics"])
+        # The learning-rate schedule is rebuilt from this run's config, not restored (timm's scheduler state
+        # carries the old length): extending train.epochs continues the cosine over the new length, and a plain
+        # resume gets exactly the values it would have had.
+        self.scheduler.step_update(self.epoch * self.steps_per_epoch)
         self.load_extra_state(ckpt)
         log.info("resumed from %s after epoch %d", path, self.epoch)
+
+    def check_settings(self, ckpt: dict[str, Any], path: Path) -> None:
+        """A resume continues the same run: refuse one whose `frozen_sections` of the config differ from the
+        checkpoint's, naming the first differing key. (The train recipe may change: train.epochs extends a run.)"""
+        theirs = ckpt.get("meta", {}).get("config", {})
+        ours = self.meta.get("config", {})
+        for section in self.frozen_sections:
+            a, b = _flatten(theirs.get(section), section), _flatten(ours.get(section), section)
+            for key in sorted(set(a) | set(b)):
+                if a.get(key) != b.get(key):
+                    raise TrainingError(
+                        f"resume: {path} was trained with {key}={a.get(key)!r}, this run has {key}={b.get(key)!r}; "
+                        f"a resume continues the same run (only the train recipe, e.g. train.epochs, may change)"
+                    )
 
     def check_compatible(self, ckpt: dict[str, Any], path: Path) -> None:
         """Refuse a checkpoint whose model shapes differ (subclasses add clearer, domain-specific checks)."""

@@ -129,6 +129,44 @@ def test_two_process_ddp_on_gloo(tmp_path):
     assert "alpha max abs difference across 2 ranks: 0" in r.stderr + r.stdout
     ckpt = load_checkpoint(tmp_path / "supernet.pt", SUPERNET_KIND)
     assert ckpt["epoch"] == 2 and not any(k.startswith("module.") for k in ckpt["model"])
+    rng = ckpt["rng"]  # each rank's own RNG state, so that a resume restores each rank's own stream
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
+    r = torchrun("nas.train_supernet", [*SMALL, "train.epochs=3", f"resume={tmp_path}"], port=29535)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "supernet.pt", SUPERNET_KIND)["epoch"] == 3
+
+
+def test_extending_a_run_continues_the_cosine_over_the_new_length_and_keeps_tau_continuous(tmp_path):
+    """Oracle for the learning rate: timm's CosineLRScheduler built for the extended length on its own."""
+    from timm.scheduler import CosineLRScheduler
+
+    run(small_cfg(tmp_path, "train.epochs=2", "train.warmup_epochs=0"))
+    run(small_cfg(tmp_path / "x", "train.epochs=5", "train.warmup_epochs=0", f"resume={tmp_path}"))
+    m = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(m["epoch"]) == [1, 2, 3, 4, 5]
+    from nas.data import build_datasets
+
+    full = small_cfg(tmp_path, "train.epochs=5", "train.warmup_epochs=0")
+    full.data.input_size = full.space.input_size
+    cfg = full.train
+    steps = len(build_datasets(full.data).train) // cfg.batch_size  # drop_last
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr())
+    oracle = CosineLRScheduler(opt, t_initial=5 * steps, lr_min=cfg.lr_min, t_in_epochs=False)
+    for epoch in (3, 4):  # metrics record the lr after an epoch's last step
+        assert m["lr"].iloc[epoch - 1] == pytest.approx(oracle._get_lr(epoch * steps)[0], rel=1e-6)
+    assert m["lr"].iloc[2] > 5 * cfg.lr_min  # not stuck at lr_min (9.3x here), as timm's restored state had it
+    tau = list(m["tau"])
+    assert tau[2] <= tau[1] + 1e-12 and all(a >= b - 1e-12 for a, b in zip(tau, tau[1:]))  # never jumps back up
+    assert tau[-1] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "change, key", [("data.val_size=300", "data.val_size"), ("supernet.noise=uniform", "supernet.noise")]
+)
+def test_resume_with_other_settings_is_refused_naming_the_key(tmp_path, change, key):
+    run(small_cfg(tmp_path, "train.epochs=1"))
+    with pytest.raises(TrainingError, match=rf"trained with {key}=.*this run has {key}="):
+        run(small_cfg(tmp_path / "x", "train.epochs=2", change, f"resume={tmp_path}"))
 
 
 def test_recipe_options_mixup_cutmix_ema_randaugment(tmp_path):
