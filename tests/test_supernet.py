@@ -162,7 +162,13 @@ def test_narrowing_removes_exactly_the_dead_channels():
 def _count_host_reads(monkeypatch):
     """Count every way a tensor value reaches the host in Python: .item(), .tolist(), bool(), float(), int()."""
     calls = {"item": 0, "tolist": 0, "scalar": 0}
-    for name, key in (("item", "item"), ("tolist", "tolist"), ("__bool__", "scalar"), ("__float__", "scalar"), ("__int__", "scalar")):
+    for name, key in (
+        ("item", "item"),
+        ("tolist", "tolist"),
+        ("__bool__", "scalar"),
+        ("__float__", "scalar"),
+        ("__int__", "scalar"),
+    ):
         orig = getattr(torch.Tensor, name)
 
         def wrapped(self, *a, _orig=orig, _key=key, **kw):
