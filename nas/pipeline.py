@@ -32,6 +32,39 @@ def route(overrides: list[str], schema: type) -> list[str]:
     return [o for o in overrides if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in keys]
 
 
+def input_stamp(**inputs: Any) -> dict[str, str]:
+    """What a step was made from: files by content hash, configs by the hash of their resolved values."""
+    import hashlib
+
+    from latency_lut.table import file_hash
+
+    def one(v: Any) -> str:
+        if isinstance(v, Path):
+            return file_hash(v) if v.is_file() else "missing"
+        text = json.dumps(dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    return {k: one(v) for k, v in inputs.items()}
+
+
+def is_current(folder: Path, stamp: dict[str, str]) -> bool:
+    p = folder / "inputs.json"
+    return p.is_file() and json.loads(p.read_text()) == stamp
+
+
+def write_stamp(folder: Path, stamp: dict[str, str]) -> None:
+    atomic_write_text(folder / "inputs.json", json.dumps(stamp, indent=2))
+
+
+def restart(folder: Path, stamp: dict[str, str]) -> None:
+    """A step whose inputs changed starts over: its stale outputs go, so nothing downstream can use them."""
+    import shutil
+
+    if folder.exists() and not is_current(folder, stamp):
+        log.info("== inputs of %s changed since it ran: running it again", folder)
+        shutil.rmtree(folder)
+
+
 def run(target_ms: float, out: Path, overrides: list[str], init: str = "scratch", fmt: str = "onnx") -> dict[str, Any]:
     from nas import build_lut, export, slim, train, train_supernet
     from nas.checkpoint import SUPERNET_KIND, load_checkpoint
@@ -55,7 +88,13 @@ def run(target_ms: float, out: Path, overrides: list[str], init: str = "scratch"
         [*route(overrides, train_supernet.TrainSupernetConfig), f"out={out / 'supernet'}"],
         train_supernet.TrainSupernetConfig,
     )
+    # Each step's folder records the hashes of its inputs (inputs.json); a step is skipped only when its output
+    # exists and was made from the same inputs, and a step whose inputs changed starts over (so do the steps
+    # downstream, since their inputs are its outputs).
     sn_ckpt = out / "supernet" / "supernet.pt"
+    stamp = input_stamp(config=sn_cfg)
+    restart(out / "supernet", stamp)
+    write_stamp(out / "supernet", stamp)  # before the step: an interrupted step is resumed, not thrown away
     sn_done = sn_ckpt.is_file() and load_checkpoint(sn_ckpt, SUPERNET_KIND)["epoch"] >= sn_cfg.train.epochs
     if sn_ckpt.is_file() and not sn_done:
         sn_cfg.resume, sn_cfg.out = str(out / "supernet"), None
@@ -65,6 +104,9 @@ def run(target_ms: float, out: Path, overrides: list[str], init: str = "scratch"
     lut_cfg = compose(
         "build_lut", [*route(overrides, build_lut.BuildLUTConfig), f"out={lut}"], build_lut.BuildLUTConfig
     )
+    stamp = input_stamp(config=lut_cfg)
+    restart(lut.parent, stamp)
+    write_stamp(lut.parent, stamp)
     timed("build_lut", lambda: build_lut.run(lut_cfg), False)  # resumable by itself: skips measured rows
 
     slim_dir = out / "slim"
@@ -82,6 +124,9 @@ def run(target_ms: float, out: Path, overrides: list[str], init: str = "scratch"
         slim.SlimConfig,
     )
     arch = slim_dir / slim.target_dirname(target_ms) / "arch.yaml"
+    stamp = input_stamp(config=slim_cfg, supernet=sn_ckpt, lut=lut)
+    restart(slim_dir, stamp)
+    write_stamp(slim_dir, stamp)
     timed("slim", lambda: slim.run(slim_cfg), arch.is_file())
 
     train_dir = out / "train"
@@ -90,6 +135,9 @@ def run(target_ms: float, out: Path, overrides: list[str], init: str = "scratch"
         [*route(overrides, train.TrainModelConfig), f"arch={arch}", f"init={init}", f"lut={lut}", f"out={train_dir}"],
         train.TrainModelConfig,
     )
+    stamp = input_stamp(config=tr_cfg, arch=arch)
+    restart(train_dir, stamp)
+    write_stamp(train_dir, stamp)
     if (train_dir / "checkpoint.pt").is_file() and not (train_dir / "metrics.json").is_file():
         tr_cfg.resume, tr_cfg.out = str(train_dir), None
     timed("train", lambda: train.run(tr_cfg), (train_dir / "metrics.json").is_file())

@@ -173,6 +173,10 @@ def test_pipeline_chains_every_step(tmp_path):
     assert 0 <= rep["test_top1"] <= 1 and (tmp_path / "export" / "model.onnx").is_file()
     again = pipeline(0.35, tmp_path, quick)  # finished steps are skipped on a re-run
     assert "train_supernet" not in again["wall_s"] and "train" not in again["wall_s"]
+    assert "slim" not in again["wall_s"]
+    # a changed input re-runs its step and everything downstream (here: the slimmer's scoring set)
+    changed = pipeline(0.35, tmp_path, [*quick[:-2], "val_images=80", "bn_batches=1"])
+    assert "train_supernet" not in changed["wall_s"] and {"slim", "train"} <= set(changed["wall_s"])
     assert Path(tmp_path / "pipeline.json").is_file()
 
 
