@@ -14,10 +14,12 @@ How items are timed: in groups of `interleave` (a row's two chains always in one
 `warmup` untimed runs, then `rounds` rounds in which every item of the group runs `runs_per_round` times back to
 back, in a freshly shuffled order each round. Back to back is how a deployed model runs, inference after
 inference, so chains and whole networks (calibration, validation, `--verify`) are all timed that way. Shuffling
-spreads machine drift over all items instead of biasing one. An item's latency is the `percentile` (default 25)
-of its timings: on a shared machine interference only ever slows a run down, and a low percentile is far more
-repeatable than the median. p25/p75 give the spread. Each finished group is written at once, so a crash loses
-at most the group in flight.
+spreads machine drift over all items instead of biasing one. Each group is measured in `passes` passes, separated
+in time by the other groups of its chunk, so that a slow period of the machine biases one pass only: a row keeps
+its median pass, a whole network its fastest (interference only ever slows a network down). Within a pass, an
+item's latency is the `percentile` (default 25) of its timings: on a shared machine interference only ever slows
+a run down, and a low percentile is far more repeatable than the median. p25/p75 give the spread. Each finished
+chunk of groups is written at once, so a crash loses at most the chunk in flight.
 """
 
 from __future__ import annotations
@@ -46,12 +48,15 @@ CALL = Row("call", 0, 0, 0, 0)  # the backend's per-call overhead: an identity m
 @dataclass
 class MeasureConfig:
     warmup: int = 10
-    rounds: int = 100
+    rounds: int = 20
     runs_per_round: int = 5  # back to back, as a deployed model runs inference after inference
     interleave: int = 8  # items timed together per group (a row is two items: its two chains)
     seed: int = 0
     percentile: float = 25.0  # the statistic of an item's timings: interference only ever slows a run down, so a
     # low percentile is far more repeatable on a shared machine than the median (../shared/DESIGN.md, noise floor)
+    passes: int = 3  # each group is measured this many times, separated in time by the other groups of its chunk:
+    # a slow period of the machine then biases one pass, which the combination drops (see `combine_passes`)
+    chunk: int = 8  # groups per chunk: passes run within a chunk, so a crash loses at most one chunk
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,47 @@ def measure_interleaved(
     return [summarize(s, cfg.percentile) for s in samples]
 
 
+def combine_passes(passes: list[dict[str, float]], whole: bool) -> dict[str, float]:
+    """One item's statistics from several passes. A whole network (or the per-call overhead) keeps its fastest
+    pass, since interference only ever slows a network down; a layer row, a difference that noise moves either
+    way, keeps its median pass. With one pass, that pass."""
+    order = sorted(passes, key=lambda st: st["ms"])
+    pick = order[0] if whole else order[(len(order) - 1) // 2]
+    return {**pick, "runs": int(sum(st["runs"] for st in passes))}
+
+
+def measure_in_passes(
+    groups: list[list[Any]],
+    prepare: Callable[[Any], Runner],
+    backend: Backend,
+    cfg: MeasureConfig,
+    rng: random.Random,
+    on_chunk: Callable[[list[list[Any]], dict[Any, list[dict[str, float]]]], None],
+) -> None:
+    """Measure `groups` chunk by chunk; within a chunk, `cfg.passes` passes over its groups, so that the passes of
+    one group are separated in time by the others. `on_chunk(groups, {item: [stats per pass]})` after each chunk."""
+    size = max(cfg.chunk, 1)
+    for start in range(0, len(groups), size):
+        chunk = groups[start : start + size]
+        per_pass: dict[Any, list[dict[str, float]]] = {}
+        for _ in range(max(cfg.passes, 1)):
+            for group in chunk:
+                for item, st in zip(group, measure_interleaved(group, prepare, backend, cfg, rng)):
+                    per_pass.setdefault(item, []).append(st)
+        on_chunk(chunk, per_pass)
+
+
+def pack(units: list[list[Any]], size: int) -> list[list[Any]]:
+    """Consecutive units (lists of items that must share a group) packed into groups of at most `size` items."""
+    groups, group = [], []
+    for unit in units:
+        if group and len(group) + len(unit) > size:
+            groups.append(group)
+            group = []
+        group = group + unit
+    return groups + ([group] if group else [])
+
+
 def measure_networks(
     specs: Sequence[ArchSpec] | Sequence[Sequence[ArchSpec]],
     backend: Backend,
@@ -207,27 +253,24 @@ def measure_networks(
     batch: int = 1,
     seed: int = 0,
 ) -> list[dict[str, float]]:
-    """Whole fused deploy networks timed in interleaved groups of `cfg.interleave`, as the table's own items are:
-    the one way this project measures a network (validation, calibration, `nas.slim --verify`, export). Pass
-    lists of specs (units) to keep networks whose difference matters in one group. Results follow the input
-    order (flattened)."""
+    """Whole fused deploy networks timed in interleaved groups of `cfg.interleave` and `cfg.passes` passes, as the
+    table's own items are: the one way this project measures a network (validation, calibration, `nas.slim
+    --verify`, export). Pass lists of specs (units) to keep networks whose difference matters in one group.
+    Results follow the input order (flattened)."""
     units = [list(u) for u in specs] if specs and not isinstance(specs[0], ArchSpec) else [[s] for s in specs]
-    flat = [s for u in units for s in u]
     rng = random.Random(seed)
     order = list(range(len(units)))
     rng.shuffle(order)
-    results: dict[int, dict[str, float]] = {}
+    # items are positions in the flattened input (specs need not be distinct or hashable-unique)
     offsets = np.cumsum([0] + [len(u) for u in units])
-    group: list[int] = []  # positions in `flat`
-    for n, k in enumerate(order):
-        group += list(range(offsets[k], offsets[k + 1]))
-        nxt = len(units[order[n + 1]]) if n + 1 < len(order) else 0
-        if n == len(order) - 1 or len(group) + nxt > max(cfg.interleave, 1):
-            stats = measure_interleaved(
-                [flat[i] for i in group], lambda s: network_runner(s, backend, batch), backend, cfg, rng
-            )
-            results.update(zip(group, stats))
-            group = []
+    flat = [s for u in units for s in u]
+    groups = pack([list(range(offsets[k], offsets[k + 1])) for k in order], max(cfg.interleave, 1))
+    results: dict[int, dict[str, float]] = {}
+
+    def on_chunk(_, per_pass: dict[Any, list[dict[str, float]]]) -> None:
+        results.update({i: combine_passes(p, whole=True) for i, p in per_pass.items()})
+
+    measure_in_passes(groups, lambda i: network_runner(flat[i], backend, batch), backend, cfg, rng, on_chunk)
     return [results[i] for i in range(len(flat))]
 
 
@@ -252,27 +295,27 @@ def measure_items(
     on_group: Callable[[list[tuple[Item, dict[str, float]]]], None],
     progress: Any = None,  # a tqdm bar (anything with update(n))
 ) -> None:
-    """Measure `items` (layer rows, `CALL`, networks) in shuffled groups, calling `on_group` with each finished
-    group's results. A layer row is measured as its two chains, side by side in one group."""
+    """Measure `items` (layer rows, `CALL`, networks) in shuffled groups and passes (`measure_in_passes`), calling
+    `on_group` with each finished chunk's results. A layer row is measured as its two chains, side by side in one
+    group; each pass gives a chain difference, and the row keeps the median pass."""
     rng = random.Random(cfg.seed)
     items = list(items)
     rng.shuffle(items)
     torch.manual_seed(cfg.seed)
     units = [[Chain(it, True), Chain(it, False)] if isinstance(it, Row) and it.kind != "call" else [it] for it in items]
-    size, group = max(cfg.interleave, 2), []
-    for n, unit in enumerate(units):
-        group += unit
-        if len(group) + 2 > size or n == len(units) - 1:
-            stats = measure_interleaved(group, lambda it: item_runner(it, base, backend, batch), backend, cfg, rng)
-            by_item = dict(zip(group, stats))
-            done = []
-            for it in group:
-                if isinstance(it, Chain):
-                    if it.with_row:
-                        done.append((it.row, chain_difference(by_item[it], by_item[Chain(it.row, False)])))
-                else:
-                    done.append((it, by_item[it]))
-            on_group(done)
-            if progress is not None:
-                progress.update(len(done))
-            group = []
+    groups = pack(units, max(cfg.interleave, 2))
+
+    def on_chunk(chunk: list[list[Any]], per_pass: dict[Any, list[dict[str, float]]]) -> None:
+        done = []
+        for it in (it for group in chunk for it in group):
+            if isinstance(it, Chain):
+                if it.with_row:
+                    diffs = [chain_difference(a, b) for a, b in zip(per_pass[it], per_pass[Chain(it.row, False)])]
+                    done.append((it.row, combine_passes(diffs, whole=False)))
+            else:
+                done.append((it, combine_passes(per_pass[it], whole=True)))
+        on_group(done)
+        if progress is not None:
+            progress.update(len(done))
+
+    measure_in_passes(groups, lambda it: item_runner(it, base, backend, batch), backend, cfg, rng, on_chunk)

@@ -36,6 +36,7 @@ FAST = [
     "measure.rounds=2",
     "measure.runs_per_round=2",
     "measure.interleave=4",
+    "measure.passes=2",
     "calibration_networks=4",
 ]
 
@@ -165,7 +166,7 @@ def test_build_lut_torch_then_resume(tmp_path):
     rows = space_rows(cfg.space, 10)
     kinds = table.df["kind"]
     assert (kinds == "call").sum() == 1 and (kinds == "net").sum() == 4 and len(table.df) == len(rows) + 5
-    assert (table.df["runs"] == 4).all() and (table.df["p25_ms"] <= table.df["p75_ms"]).all()
+    assert (table.df["runs"] == 8).all() and (table.df["p25_ms"] <= table.df["p75_ms"]).all()
     assert table.meta["backend"] == "torch" and table.meta["threads"] == 1 and table.meta["input_size"] == 32
     assert table.calibration is not None and table.calibration.n == 4 and "calibrated on 4" in table.describe()
     assert table.fingerprint["attention.key_dim"] == "8" and table.width_step == 16
@@ -273,6 +274,8 @@ def test_validate_lut_end_to_end(tmp_path):
             times.append(time.perf_counter() - t0)
         assert (times[0] < times[1]) == (df["measured_ms"].min() < df["measured_ms"].max())
         assert df.loc[df["raw_ms"].idxmax(), "measured_ms"] > df.loc[df["raw_ms"].idxmin(), "measured_ms"]
+    assert set(df.attrs) >= {"calibrated", "raw", "recalibrated", "drift", "actions"}
+    assert np.allclose(df["recalibrated_ms"] / df["raw_ms"], (df["recalibrated_ms"] / df["raw_ms"]).iloc[0])
     actions = pd.read_csv(tmp_path / "actions.csv")
     assert set(actions["action"]) <= {"drop_path", "narrow_stage", "remove_mb3d"} and len(actions) >= 3
     assert (tmp_path / "validation.png").stat().st_size > 1000
@@ -448,3 +451,29 @@ def test_build_and_validate_a_cuda_lut(tmp_path):
         )
     )
     assert len(df) == 6 and (df["measured_ms"] > 0).all()
+
+
+def test_passes_combine_fastest_for_networks_and_median_for_rows():
+    from latency_lut.measure import combine_passes
+
+    passes = [{"ms": v, "p25_ms": v - 0.1, "p75_ms": v + 0.1, "runs": 10} for v in (2.0, 1.0, 5.0)]
+    assert combine_passes(passes, whole=True)["ms"] == 1.0  # interference only slows a network: fastest pass
+    row = combine_passes(passes, whole=False)
+    assert row["ms"] == 2.0 and row["p25_ms"] == 1.9 and row["runs"] == 30  # a difference: the median pass
+
+
+def test_recalibrate_re_times_only_the_calibration_networks(tmp_path):
+    lut = tmp_path / "lut.csv"
+    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={lut}"], BuildLUTConfig))
+    before = LatencyTable.load(lut).df.set_index(["kind", "stage", "in_width", "width"])
+    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={lut}", "recalibrate=true"], BuildLUTConfig))
+    after = LatencyTable.load(lut).df.set_index(["kind", "stage", "in_width", "width"])
+    nets = after.index.get_level_values("kind") == "net"
+    assert (after.loc[~nets, "ms"] == before.loc[~nets, "ms"]).all()  # the rows stay
+    assert (after.loc[nets, "ms"] != before.loc[nets, "ms"]).any()  # the networks were timed again
+    with pytest.raises(LUTError, match="no LUT at out="):
+        build_lut(
+            compose(
+                "build_lut", [*SMALL_SPACE, *FAST, f"out={tmp_path / 'none.csv'}", "recalibrate=true"], BuildLUTConfig
+            )
+        )
