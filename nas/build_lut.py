@@ -57,6 +57,7 @@ class BuildLUTConfig:
     width_step: int = 16  # stage widths are measured in steps of this many channels
     calibration_networks: int = 12  # whole networks measured with the rows; the table fits its correction on them
     calibration_seed: int = 1000  # validation draws with other seeds and skips these networks
+    recalibrate: bool = False  # re-time only the calibration networks of the existing out= LUT (machine drift)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
 
@@ -94,6 +95,8 @@ def run(cfg: BuildLUTConfig) -> Path:
     if cfg.backend == "coreml" and cfg.convert_only:
         return coreml_check(cfg, rows)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
+    if cfg.recalibrate:
+        return recalibrate(out, backend, cfg)
     meta = {
         "backend": backend.name,
         "device": backend.device,
@@ -139,6 +142,32 @@ def run(cfg: BuildLUTConfig) -> Path:
         measure_items(todo, spec, backend, cfg.measure, cfg.batch, on_group, bar)
     table = LatencyTable.load(out)  # re-validate what was written, and fit the calibration
     log.info("wrote %s: %d rows, %s", out, len(table.df), table.describe())
+    print(out)
+    return out
+
+
+def recalibrate(out: Path, backend, cfg: BuildLUTConfig) -> Path:
+    """Re-time the calibration networks of the LUT at `out` (its rows stay) and rewrite it: the calibration then
+    reflects the machine as it is now. Seconds, where a full build takes a minute or more."""
+    from latency_lut.measure import measure_networks
+
+    if not out.is_file():
+        raise LUTError(f"recalibrate=true: no LUT at out={out} to recalibrate")
+    table = LatencyTable.load(out)
+    if str(table.meta["device"]) != backend.device or str(table.meta["backend"]) != backend.name:
+        raise LUTError(f"{out} was measured with {table.describe()}; recalibrate it where it was measured")
+    nets = table.networks()
+    if not nets:
+        raise LUTError(f"{out} holds no calibration networks to re-time (build it with calibration_networks > 0)")
+    before = table.calibration.scale if table.calibration else float("nan")
+    stats = measure_networks([s for s, _ in nets], backend, cfg.measure, int(table.meta["batch"]), cfg.measure.seed)
+    df = table.df.copy()
+    rows = df.index[df["kind"] == "net"]
+    for i, st in zip(rows, stats):
+        df.loc[i, ["ms", "p25_ms", "p75_ms", "runs"]] = [st["ms"], st["p25_ms"], st["p75_ms"], st["runs"]]
+    write_csv_atomic(df, out)
+    after = LatencyTable.load(out).calibration.scale
+    log.info("recalibrated %s on %d networks: scale %.4f -> %.4f", out, len(nets), before, after)
     print(out)
     return out
 

@@ -6,6 +6,11 @@ emptied or narrowed, with and without MB3D). Each whole fused deploy network is 
 and settings, all of them interleaved in shuffled rounds, and compared with `predict` (calibrated) and with the
 raw sum, side by side: median absolute % error, the share within +-10%, Spearman rank correlation.
 
+Drift: the table's own calibration networks are re-timed in the same rounds. Their ratio to the stored times is
+the machine's drift since the build, and the scale they give today is reported as 'recalibrated now' beside the
+build-time calibration: what `nas.build_lut recalibrate=true out=LUT` would give (the held-out networks stay out
+of every fit).
+
 Action differences: for `action_pairs` slimmer-like networks, one slimming action each (drop one MetaPath,
 narrow one stage by the width step, remove one MB3D) gives a pair whose latency difference is both predicted and
 measured (in the same interleaved rounds). Reported: the share of pairs whose measured sign agrees with the
@@ -47,7 +52,7 @@ class ValidateLUTConfig:
     num_classes: int = 10
     out: str | None = None  # folder for validation.csv / actions.csv / validation.png; default: beside the LUT
     seed: int = 0
-    measure: MeasureConfig = field(default_factory=lambda: MeasureConfig(warmup=5, rounds=30))  # as build_lut
+    measure: MeasureConfig = field(default_factory=lambda: MeasureConfig(warmup=5, rounds=20, passes=2))
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -124,16 +129,21 @@ def run(cfg: ValidateLUTConfig) -> pd.DataFrame:
         cfg.measure.rounds,
         cfg.measure.runs_per_round,
     )
-    groups = [[s] for s in specs] + list(units.values())
+    fit = table.networks()  # re-timed with the others: how far the machine drifted since the build
+    groups = [[s] for s in specs] + list(units.values()) + [[s] for s, _ in fit]
     stats = measure_networks(groups, backend, cfg.measure, int(meta["batch"]), cfg.seed + 2)
-    measured = {encode_stages(s): st for s, st in zip(specs + pair_specs, stats)}
-    df = network_frame(specs, measured, table)
+    measured = {encode_stages(s): st for s, st in zip(specs + pair_specs + [s for s, _ in fit], stats)}
+    now = recalibration(table, measured)
+    df = network_frame(specs, measured, table, now)
     actions = action_frame(pairs, measured, table)
     out_dir = Path(cfg.out) if cfg.out else Path(cfg.lut).parent
     atomic_write_text(out_dir / "validation.csv", df.to_csv(index=False))
     atomic_write_text(out_dir / "actions.csv", actions.to_csv(index=False))
     pred, raw, meas = (df[c].to_numpy() for c in ("predicted_ms", "raw_ms", "measured_ms"))
     figures = {"calibrated": error_stats(pred, meas), "raw": error_stats(raw, meas), "actions": sign_stats(actions)}
+    if now is not None:
+        figures["recalibrated"] = error_stats(df["recalibrated_ms"].to_numpy(), meas)
+        figures["drift"] = now["drift"]
     print(report(df, figures, table))
     from nas.plots import plot_lut_validation
 
@@ -143,7 +153,21 @@ def run(cfg: ValidateLUTConfig) -> pd.DataFrame:
     return df
 
 
-def network_frame(specs: list[ArchSpec], measured: dict[str, dict], table: LatencyTable) -> pd.DataFrame:
+def recalibration(table: LatencyTable, measured: dict[str, dict]) -> dict[str, float] | None:
+    """The table's calibration networks as re-timed now: the scale they give today, and the machine's drift
+    since the build (median of now / then; +5% = the machine runs 5% slower now). None without calibration."""
+    fit = table.networks()
+    if len(fit) < 3:
+        return None
+    now = np.array([measured[encode_stages(s)]["ms"] for s, _ in fit])
+    then = np.array([ms for _, ms in fit])
+    raw = np.array([table.raw(s) for s, _ in fit])
+    return {"scale": float(np.median(now / raw)), "drift": float(np.median(now / then) - 1)}
+
+
+def network_frame(
+    specs: list[ArchSpec], measured: dict[str, dict], table: LatencyTable, now: dict[str, float] | None = None
+) -> pd.DataFrame:
     meas = [measured[encode_stages(s)] for s in specs]
     df = pd.DataFrame(
         {
@@ -158,6 +182,8 @@ def network_frame(specs: list[ArchSpec], measured: dict[str, dict], table: Laten
     )
     df["pct_err"] = (df["predicted_ms"] - df["measured_ms"]) / df["measured_ms"] * 100
     df["raw_pct_err"] = (df["raw_ms"] - df["measured_ms"]) / df["measured_ms"] * 100
+    if now is not None:  # what `nas.build_lut recalibrate=true` would predict, fitted on the calibration set alone
+        df["recalibrated_ms"] = df["raw_ms"] * now["scale"]
     return df
 
 
@@ -195,11 +221,19 @@ def report(df: pd.DataFrame, figures: dict[str, dict[str, float]], table: Latenc
         f"{(df['kind'] != 'uniform').sum()} slimmer-like), none of them a calibration network",
         f"{'':<24}{'median |err|':>13}{'within ±10%':>13}{'Spearman':>10}{'median err':>12}{'worst':>9}",
     ]
-    for name, key in (("predict (calibrated)", "calibrated"), ("raw sum of rows", "raw")):
+    rows = [("predict (calibrated)", "calibrated"), ("raw sum of rows", "raw")]
+    if "recalibrated" in figures:
+        rows.append(("recalibrated now", "recalibrated"))
+    for name, key in rows:
         s = figures[key]
         lines.append(
             f"{name:<24}{s['median_abs_pct_err']:>12.1f}%{s['within_10pct'] * 100:>12.0f}%"
             f"{s['spearman']:>10.3f}{s['median_signed_pct_err']:>+11.1f}%{s['worst_abs_pct_err']:>8.1f}%"
+        )
+    if "drift" in figures:
+        lines.append(
+            f"machine drift since the build (its calibration networks re-timed now): {figures['drift'] * 100:+.1f}%; "
+            f"'recalibrated now' is what `nas.build_lut recalibrate=true` gives (fitted on those networks alone)"
         )
     a = figures["actions"]
     lines.append(
