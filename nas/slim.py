@@ -78,7 +78,7 @@ class SlimConfig:
     seed: int = 0
     overwrite: bool = False  # allow writing into an --out that already holds slimming results
     verify: bool = False  # measure each emitted architecture; emit the next state measuring <= target if it is over
-    measure: MeasureConfig = field(default_factory=lambda: MeasureConfig(warmup=5, rounds=30))  # --verify
+    measure: MeasureConfig = field(default_factory=lambda: MeasureConfig(warmup=5, rounds=20, passes=2))  # --verify
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -343,7 +343,7 @@ def verify_targets(
     measured: dict[SlimState, float] = {}
     out = {}
     for t in targets:
-        v = verified_step(traj, t, measure, slimmer.extend, measured)
+        v = verified_step(traj, t, measure, slimmer.extend, measured, batch=max(cfg.measure.interleave, 1))
         for step, ms in v.skipped:
             log.info("--verify: target %g ms: step %d measured %.4f ms, above the target; passed over", t, step, ms)
         if v.skipped:

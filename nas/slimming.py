@@ -226,11 +226,13 @@ def verified_step(
     measure: Callable[[list[SlimState]], list[float]],
     extend: Callable[[list[Step]], Step],
     measured: dict[SlimState, float],
-    batch: int = 3,
+    batch: int = 8,
 ) -> Verified:
     """The first state at or after the first predicted at or below `target_ms` whose *measured* latency is at or
-    below it. States are measured `batch` at a time (so they share interleaved rounds); `measured` caches results
-    across targets. When every state has measured above the target, `extend` slims one more step."""
+    below it. States are measured `batch` at a time, in one interleaved group: a window of candidates, padded with
+    the states just before it, so that every measurement sees a full group, as the latency table's own networks
+    did (a smaller group runs on warmer caches and measures faster). `measured` caches results across targets.
+    When every state has measured above the target, `extend` slims one more step."""
     k = traj.index(first_at_or_below(traj, target_ms))
     skipped = []
     while True:
@@ -247,9 +249,10 @@ def verified_step(
                     f"(the last, {traj[-1].state.describe()}, measured {measured[traj[-1].state]:.4g} ms)"
                 )
             continue
-        todo = [s.state for s in window if s.state not in measured]
-        if todo:
-            measured.update(zip(todo, measure(todo)))
+        context = traj[max(0, k - (batch - len(window))) : k]
+        if any(s.state not in measured for s in window):
+            group = list(dict.fromkeys(s.state for s in context + window))
+            measured.update(zip(group, measure(group)))
         for s in window:
             if measured[s.state] <= target_ms:
                 return Verified(s, measured[s.state], tuple(skipped))

@@ -336,12 +336,13 @@ def test_verify_passes_over_states_that_measure_above_the_target():
         return [true_ms[s] for s in states]
 
     cache = {}
-    v = verified_step(traj, 1.0, measure, extend=lambda t: pytest.fail("no extension needed"), measured=cache)
+    v = verified_step(traj, 1.0, measure, extend=lambda t: pytest.fail("no extension needed"), measured=cache, batch=4)
     # step 2 (1.0 predicted) measures 1.06 and step 3 (0.95) 1.007: both passed over; step 4 (0.8 -> 0.848) kept
     assert v.step.step == 4 and v.measured_ms == pytest.approx(0.848) and [k for k, _ in v.skipped] == [2, 3]
-    assert len(calls) == 1 and len(calls[0]) == 3  # measured together, in one interleaved batch
-    v2 = verified_step(traj, 1.6, measure, extend=None, measured=cache)  # a second target reuses measurements
-    assert v2.step.step == 1 and v2.skipped == ()
+    # one interleaved group of 4: the 3 candidates, padded with the state just before them
+    assert len(calls) == 1 and calls[0] == [traj[k].state for k in (1, 2, 3, 4)]
+    v2 = verified_step(traj, 1.6, measure, extend=None, measured=cache, batch=4)  # reuses the measurements
+    assert v2.step.step == 1 and v2.skipped == () and len(calls) == 1
     # measured at or below the target from the start: the predicted state is kept
     ok = verified_step(_traj([2.0, 1.0]), 1.0, lambda s: [0.99] * len(s), extend=lambda t: None, measured={})
     assert ok.step.step == 1 and ok.skipped == ()

@@ -1,0 +1,128 @@
+"""Do emitted architectures meet their latency targets when they run? With and without `nas.slim --verify`.
+
+    python benchmarks/verify_targets.py --supernet runs/pipeline/supernet/supernet.pt --lut runs/pipeline/lut/lut.csv
+
+Slims one supernet to `--targets` targets spread geometrically over the space's range (from 95% of the start
+latency down to `--low` of it), once plainly (each target gets the first state *predicted* at or below it) and
+once with `--verify` (the first state *measured* at or below it). Then every emitted architecture of both runs
+is re-measured independently, `--passes` times, all in interleaved rounds (`latency_lut.measure_networks`, the
+LUT's backend and settings), and compared with its target. Output: benchmarks/results/verify_targets.{txt,csv}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from latency_lut.backends import make_backend  # noqa: E402
+from latency_lut.measure import MeasureConfig, measure_networks  # noqa: E402
+from latency_lut.table import LatencyTable  # noqa: E402
+from nas.arch import ArchSpec  # noqa: E402
+from nas.config import compose  # noqa: E402
+from nas.slim import SlimConfig  # noqa: E402
+from nas.slim import run as slim  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def emitted(out: Path, targets: list[float]) -> list[tuple[ArchSpec, dict]]:
+    found = []
+    for t in targets:
+        path = out / f"target_{t:g}ms" / "arch.yaml"
+        found.append((ArchSpec.load(path), yaml.safe_load(path.read_text())["meta"]))
+    return found
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--supernet", required=True)
+    p.add_argument("--lut", required=True)
+    p.add_argument("--targets", type=int, default=10)
+    p.add_argument("--low", type=float, default=0.35, help="lowest target as a fraction of the start latency")
+    p.add_argument("--passes", type=int, default=2)
+    a = p.parse_args()
+    t_start = time.time()
+    table = LatencyTable.load(a.lut)
+    with tempfile.TemporaryDirectory() as work:
+        probe = slim(
+            compose(
+                "slim", [f"supernet={a.supernet}", f"lut={a.lut}", f"out={work}/probe", "target_ms=[1000]"], SlimConfig
+            )
+        )
+        start = float(pd.read_csv(probe / "trajectory.csv")["predicted_ms"].iloc[0])
+        targets = [round(float(t), 3) for t in np.geomspace(0.95 * start, a.low * start, a.targets)]
+        runs = {}
+        for name, extra in (("plain", []), ("verify", ["verify=true"])):
+            over = [f"supernet={a.supernet}", f"lut={a.lut}", f"out={work}/{name}", f"target_ms={targets}", *extra]
+            runs[name] = emitted(slim(compose("slim", over, SlimConfig)), targets)
+    backend = make_backend(str(table.meta["backend"]), int(table.meta["threads"]))
+    backend.setup()
+    specs = [spec for name in runs for spec, _ in runs[name]]
+    passes = [
+        [
+            r["ms"]
+            for r in measure_networks(
+                specs, backend, MeasureConfig(warmup=5, rounds=20, passes=2), int(table.meta["batch"]), 100 + k
+            )
+        ]
+        for k in range(a.passes)
+    ]
+    rows = []
+    for i, t in enumerate(targets):
+        for j, name in enumerate(runs):
+            spec, meta = runs[name][i]
+            k = j * len(targets) + i
+            rows.append(
+                {
+                    "target_ms": t,
+                    "run": name,
+                    "predicted_ms": meta["predicted_ms"],
+                    "measured_by_verify_ms": meta["measured_ms"],
+                    **{f"remeasured_{q + 1}_ms": passes[q][k] for q in range(a.passes)},
+                    "step": meta["slimming_step"],
+                    "arch": f"depths {list(spec.depths)} widths {list(spec.widths)} MB3D {list(spec.num_3d)}",
+                }
+            )
+    df = pd.DataFrame(rows)
+    re_cols = [c for c in df.columns if c.startswith("remeasured_")]
+    lines = [
+        f"Targets kept on measurement: {len(targets)} targets from {targets[0]} to {targets[-1]} ms, LUT {a.lut} "
+        f"({table.describe()}); {a.passes} independent re-measurement passes; {time.time() - t_start:.0f} s in all",
+        f"{'target':>8} {'run':<7}{'predicted':>10}{'verify':>9}"
+        + "".join(f"{'re' + str(q + 1):>9}" for q in range(a.passes))
+        + "  step  architecture",
+    ]
+    for r in df.itertuples():
+        v = (
+            f"{r.measured_by_verify_ms:>9.3f}"
+            if r.measured_by_verify_ms is not None and not pd.isna(r.measured_by_verify_ms)
+            else f"{'-':>9}"
+        )
+        res = "".join(f"{getattr(r, c):>9.3f}" for c in re_cols)
+        lines.append(f"{r.target_ms:>8.3f} {r.run:<7}{r.predicted_ms:>10.3f}{v}{res}  {r.step:>4}  {r.arch}")
+    for name in runs:
+        sub = df[df["run"] == name]
+        over = [(sub[c] > sub["target_ms"]).sum() for c in re_cols]
+        worst = max(((sub[c] - sub["target_ms"]) / sub["target_ms"] * 100).max() for c in re_cols)
+        lines.append(
+            f"{name}: re-measured above target in {', '.join(map(str, over))} of {len(sub)} targets "
+            f"(per pass); worst {worst:+.1f}% of the target"
+        )
+    text = "\n".join(lines)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "verify_targets.txt").write_text(text + "\n")
+    df.to_csv(RESULTS / "verify_targets.csv", index=False)
+
+
+if __name__ == "__main__":
+    main()
