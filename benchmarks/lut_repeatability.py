@@ -32,6 +32,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from latency_lut.table import KEY_COLUMNS, LAYER_KINDS, LatencyTable, decode_stages  # noqa: E402
+from nas.arch import atomic_write_text  # noqa: E402
 from nas.build_lut import BuildLUTConfig  # noqa: E402
 from nas.build_lut import run as build_lut  # noqa: E402
 from nas.config import compose  # noqa: E402
@@ -141,9 +142,8 @@ def main() -> None:
         )
     text = "\n".join(lines)
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "lut_repeatability.txt").write_text(text + "\n")
-    builds.to_csv(RESULTS / "lut_repeatability.csv", index=False)
+    atomic_write_text(RESULTS / "lut_repeatability.txt", text + "\n")
+    atomic_write_text(RESULTS / "lut_repeatability.csv", builds.to_csv(index=False))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from latency_lut.backends import make_backend  # noqa: E402
 from latency_lut.measure import MeasureConfig, measure_networks  # noqa: E402
 from latency_lut.table import LatencyTable  # noqa: E402
-from nas.arch import ArchSpec  # noqa: E402
+from nas.arch import ArchSpec, atomic_write_text  # noqa: E402
 from nas.config import compose  # noqa: E402
 from nas.slim import SlimConfig  # noqa: E402
 from nas.slim import run as slim  # noqa: E402
@@ -119,9 +119,8 @@ def main() -> None:
         )
     text = "\n".join(lines)
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "verify_targets.txt").write_text(text + "\n")
-    df.to_csv(RESULTS / "verify_targets.csv", index=False)
+    atomic_write_text(RESULTS / "verify_targets.txt", text + "\n")
+    atomic_write_text(RESULTS / "verify_targets.csv", df.to_csv(index=False))
 
 
 if __name__ == "__main__":

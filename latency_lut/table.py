@@ -130,8 +130,9 @@ class Calibration:
 
     Why a scale alone: the per-call overhead a network pays once is already priced (the `call` row), so the
     offset an affine fit would estimate is known. Fitted from 12 noisy networks, that offset swung by +-0.1 ms and
-    pushed small networks 20% off (measured on `tiny`, torch: 95-98% of held-out networks within +-10% with the
-    affine fit, 100% with the scale). The median ratio shrugs off a network caught in a burst of interference.
+    pushed small networks 20% off (measured on `tiny`, torch, one build validated twice: 95% and 98% of held-out
+    networks within +-10% with the affine fit; on the second validation's data, 100% with the scale). The median
+    ratio shrugs off a network caught in a burst of interference.
     """
 
     scale: float
