@@ -29,6 +29,7 @@ from latency_lut.table import (
     CALL_KEY,
     COLUMNS,
     KEY_COLUMNS,
+    OPTIONAL_COLUMNS,
     LatencyTable,
     LUTError,
     Row,
@@ -132,7 +133,7 @@ def run(cfg: BuildLUTConfig) -> Path:
 
     def on_group(results: list[tuple[object, dict[str, float]]]) -> None:
         frames.append(pd.DataFrame([table_row(item, stats, meta) for item, stats in results]))
-        write_csv_atomic(pd.concat(frames, ignore_index=True)[COLUMNS + ["fingerprint", "arch"]], out)
+        write_csv_atomic(pd.concat(frames, ignore_index=True)[COLUMNS + OPTIONAL_COLUMNS], out)
 
     if CALL_KEY not in done:
         todo.append(CALL)
