@@ -227,10 +227,11 @@ def measure_in_passes(
     size = max(cfg.chunk, 1)
     for start in range(0, len(groups), size):
         chunk = groups[start : start + size]
+        runners = {item: prepare(item) for group in chunk for item in group}  # built once, reused by every pass
         per_pass: dict[Any, list[dict[str, float]]] = {}
         for _ in range(max(cfg.passes, 1)):
             for group in chunk:
-                for item, st in zip(group, measure_interleaved(group, prepare, backend, cfg, rng)):
+                for item, st in zip(group, measure_interleaved(group, runners.__getitem__, backend, cfg, rng)):
                     per_pass.setdefault(item, []).append(st)
         on_chunk(chunk, per_pass)
 
