@@ -292,6 +292,21 @@ class LatencyTable:
         diff = (ka - kb) + (kb - ka)
         return float(sum(self._spread[k] * n for k, n in diff.items()))
 
+    def local_backend(self) -> tuple[Any, str]:
+        """(the table's backend with its settings, set up, "") if it runs on this machine and this is the device it
+        was measured on; else (None, why not). What `nas.slim --verify` and `nas.export` measure with."""
+        from latency_lut.backends import make_backend
+
+        name, device = str(self.meta["backend"]), str(self.meta["device"])
+        backend = make_backend(name, int(self.meta["threads"]))
+        try:
+            backend.setup()
+        except UserError as e:
+            return None, str(e)
+        if backend.device != device:
+            return None, f"the LUT was measured on {device!r}, this machine is {backend.device!r}"
+        return backend, ""
+
     def describe(self) -> str:
         m = self.meta
         cal = (

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from latency_lut.backends import make_backend
 from latency_lut.measure import MeasureConfig, measure_networks
 from latency_lut.table import LatencyTable, LUTError
 from nas.arch import ArchSpec, atomic_write_text, resolve_arch
@@ -162,7 +161,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report["path"] = str(final)
-    report.update(latency_report(cfg, spec, model, x, final))
+    report.update(latency_report(cfg, spec))
     atomic_write_text(out / f"export_{cfg.format}.json", json.dumps(report, indent=2))
     diff_txt = f"max |diff| vs torch {report['max_abs_diff_vs_torch']:.2e}" if "max_abs_diff_vs_torch" in report else ""
     print(f"exported {final} ({cfg.format}) {diff_txt}".rstrip())
@@ -174,7 +173,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     return report
 
 
-def latency_report(cfg: ExportConfig, spec: ArchSpec, model, x: torch.Tensor, path: Path) -> dict[str, Any]:
+def latency_report(cfg: ExportConfig, spec: ArchSpec) -> dict[str, Any]:
     """The LUT-predicted latency, and the same model measured here on the LUT's backend when possible."""
     lut_path = cfg.lut
     if not lut_path and Path(cfg.arch).is_file():
@@ -194,14 +193,14 @@ def latency_report(cfg: ExportConfig, spec: ArchSpec, model, x: torch.Tensor, pa
         "predicted_ms": round(pred, 4),
         "latency_backend": table.meta["backend"],
     }
-    if table.meta["backend"] not in ("torch", "onnxruntime") or int(table.meta["batch"]) != x.shape[0]:
+    backend, why = table.local_backend()
+    if backend is None:
         rep["measured_ms"] = None
-        rep["latency_note"] = f"the {table.meta['backend']} backend does not run here; only the prediction is given"
+        rep["latency_note"] = f"{why}; only the prediction is given"
         return rep
-    backend = make_backend(str(table.meta["backend"]), int(table.meta["threads"]))
-    backend.setup()
-    # latency does not depend on the weights: the one network-measuring path builds and fuses the spec itself
-    rep["measured_ms"] = round(measure_networks([spec], backend, cfg.measure, int(x.shape[0]))[0]["ms"], 4)
+    # latency does not depend on the weights: the one network-measuring path builds and fuses the spec itself,
+    # at the LUT's batch size
+    rep["measured_ms"] = round(measure_networks([spec], backend, cfg.measure, int(table.meta["batch"]))[0]["ms"], 4)
     return rep
 
 

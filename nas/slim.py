@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from latency_lut.backends import Backend, make_backend
+from latency_lut.backends import Backend
 from latency_lut.measure import MeasureConfig, measure_networks, space_rows, width_options
 from latency_lut.table import LatencyTable, LUTError, spec_rows
 from nas.arch import ArchSpec, atomic_write_text
@@ -306,22 +306,10 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
 
 
 def verify_backend(table: LatencyTable) -> Backend | None:
-    """The LUT's backend with its settings, if it runs on this machine and this is the LUT's device; else None
-    (after saying why in one line)."""
-    name, device = str(table.meta["backend"]), str(table.meta["device"])
-    backend = make_backend(name, int(table.meta["threads"]))
-    try:
-        backend.setup()
-    except UserError as e:
-        log.warning("--verify: %s; emitting the predicted states unmeasured", e)
-        return None
-    if backend.device != device:
-        log.warning(
-            "--verify: the LUT was measured on %r, this machine is %r; emitting the predicted states unmeasured",
-            device,
-            backend.device,
-        )
-        return None
+    """The LUT's backend if it runs here (`LatencyTable.local_backend`); else None, after saying why in one line."""
+    backend, why = table.local_backend()
+    if backend is None:
+        log.warning("--verify: %s; emitting the predicted states unmeasured", why)
     return backend
 
 

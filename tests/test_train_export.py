@@ -185,3 +185,16 @@ def test_train_two_process_ddp(slimmed, tmp_path):
     r = torchrun("nas.train", [f"arch={slimmed / 'arch.yaml'}", *DATA, "train.epochs=1", f"out={tmp_path}"], port=29534)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 1
+
+
+def test_export_measures_only_on_the_luts_own_device(slimmed, trained, tmp_path):
+    import pandas as pd
+
+    lut = tmp_path / "mac.csv"
+    pd.read_csv(trained[1]).assign(device="Apple M2").to_csv(lut, index=False)  # a LUT measured elsewhere
+    rep = export(compose("export", [f"arch={slimmed / 'arch.yaml'}", f"out={tmp_path}", f"lut={lut}"], ExportConfig))
+    assert rep["predicted_ms"] > 0 and rep["measured_ms"] is None and "Apple M2" in rep["latency_note"]
+    here = export(
+        compose("export", [f"arch={slimmed / 'arch.yaml'}", f"out={tmp_path}", f"lut={trained[1]}"], ExportConfig)
+    )
+    assert here["measured_ms"] > 0  # on its own device it is measured
