@@ -34,7 +34,7 @@ import pandas as pd
 from latency_lut.backends import make_backend
 from latency_lut.measure import MeasureConfig, measure_networks
 from latency_lut.sampling import mixed_specs, slimmer_like_spec
-from latency_lut.table import LatencyTable, LUTError, encode_stages
+from latency_lut.table import Calibration, LatencyTable, LUTError, encode_stages
 from nas.arch import ArchSpec, StageSpec, atomic_write_text
 from nas.config import compose, setup_logging
 from nas.errors import run_cli
@@ -108,7 +108,8 @@ def run(cfg: ValidateLUTConfig) -> pd.DataFrame:
     backend = make_backend(str(meta["backend"]), int(meta["threads"]))
     backend.setup()
     step = table.width_step or 16
-    fit_set = {encode_stages(s) for s, _ in table.networks()}
+    fit = table.networks()  # the calibration networks: kept out of the held-out set, and re-timed to see drift
+    fit_set = {encode_stages(s) for s, _ in fit}
     specs = mixed_specs(cfg.space, cfg.num_classes, cfg.samples, cfg.seed, step, exclude=fit_set)
     rng = random.Random(cfg.seed + 1)
     pairs = []
@@ -129,11 +130,10 @@ def run(cfg: ValidateLUTConfig) -> pd.DataFrame:
         cfg.measure.rounds,
         cfg.measure.runs_per_round,
     )
-    fit = table.networks()  # re-timed with the others: how far the machine drifted since the build
     groups = [[s] for s in specs] + list(units.values()) + [[s] for s, _ in fit]
     stats = measure_networks(groups, backend, cfg.measure, int(meta["batch"]), cfg.seed + 2)
     measured = {encode_stages(s): st for s, st in zip(specs + pair_specs + [s for s, _ in fit], stats)}
-    now = recalibration(table, measured)
+    now = recalibration(table, fit, measured)
     df = network_frame(specs, measured, table, now)
     actions = action_frame(pairs, measured, table)
     out_dir = Path(cfg.out) if cfg.out else Path(cfg.lut).parent
@@ -153,16 +153,17 @@ def run(cfg: ValidateLUTConfig) -> pd.DataFrame:
     return df
 
 
-def recalibration(table: LatencyTable, measured: dict[str, dict]) -> dict[str, float] | None:
+def recalibration(
+    table: LatencyTable, fit: list[tuple[ArchSpec, float]], measured: dict[str, dict]
+) -> dict[str, float] | None:
     """The table's calibration networks as re-timed now: the scale they give today, and the machine's drift
     since the build (median of now / then; +5% = the machine runs 5% slower now). None without calibration."""
-    fit = table.networks()
     if len(fit) < 3:
         return None
     now = np.array([measured[encode_stages(s)]["ms"] for s, _ in fit])
     then = np.array([ms for _, ms in fit])
     raw = np.array([table.raw(s) for s, _ in fit])
-    return {"scale": float(np.median(now / raw)), "drift": float(np.median(now / then) - 1)}
+    return {"scale": Calibration.fit(raw, now).scale, "drift": float(np.median(now / then) - 1)}
 
 
 def network_frame(
