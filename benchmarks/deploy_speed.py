@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from latency_lut.backends import make_backend  # noqa: E402
 from latency_lut.measure import MeasureConfig, measure_interleaved  # noqa: E402
-from nas.arch import PRESETS, resolve_arch  # noqa: E402
 from supernet import build_model  # noqa: E402
+from supernet.arch import PRESETS, resolve_arch  # noqa: E402
 
 
 def contenders(arch: str | None) -> dict[str, torch.nn.Module]:

@@ -32,12 +32,12 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from latency_lut.table import KEY_COLUMNS, LAYER_KINDS, LatencyTable, decode_stages  # noqa: E402
-from nas.arch import atomic_write_text  # noqa: E402
 from nas.build_lut import BuildLUTConfig  # noqa: E402
 from nas.build_lut import run as build_lut  # noqa: E402
 from nas.config import compose  # noqa: E402
 from nas.validate_lut import ValidateLUTConfig  # noqa: E402
 from nas.validate_lut import run as validate_lut  # noqa: E402
+from supernet.files import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,57 +47,42 @@ def spread(values: np.ndarray) -> np.ndarray:
     return (values.max(1) - values.min(1)) / np.median(values, 1) * 100
 
 
-def one_backend(backend: str, builds: int, space: str, work: Path) -> tuple[list[dict], dict]:
-    rows, tables = [], []
-    for b in range(builds):
-        lut = work / f"{backend}-{b}" / "lut.csv"
-        t0 = time.time()
-        build_lut(compose("build_lut", [f"space={space}", f"backend={backend}", f"out={lut}"], BuildLUTConfig))
-        build_s = time.time() - t0
-        t0 = time.time()
-        df = validate_lut(compose("validate_lut", [f"space={space}", f"lut={lut}"], ValidateLUTConfig))
-        table = LatencyTable.load(lut)
-        tables.append((table, df))
-        cal, raw, act, now = df.attrs["calibrated"], df.attrs["raw"], df.attrs["actions"], df.attrs["recalibrated"]
-        rows.append(
-            {
-                "backend": backend,
-                "build": b + 1,
-                "build_s": round(build_s, 1),
-                "validate_s": round(time.time() - t0, 1),
-                "scale": round(table.calibration.scale, 4),
-                "within10_cal": cal["within_10pct"],
-                "within10_raw": raw["within_10pct"],
-                "within10_now": now["within_10pct"],
-                "drift": df.attrs["drift"],
-                "spearman_now": now["spearman"],
-                "worst_now": now["worst_abs_pct_err"],
-                "median_abs_err_cal": cal["median_abs_pct_err"],
-                "median_err_raw": raw["median_signed_pct_err"],
-                "worst_cal": cal["worst_abs_pct_err"],
-                "spearman_cal": cal["spearman"],
-                "sign_agree": act["sign_agree"],
-                "pairs_above_noise": act["above_noise"],
-                "networks": len(df),
-            }
-        )
+def build_and_validate(backend: str, b: int, space: str, work: Path) -> tuple[dict, LatencyTable, pd.DataFrame]:
+    """Build `b`-th fresh LUT of `backend` and validate it; its row of figures, the table and the validation."""
+    lut = work / f"{backend}-{b}" / "lut.csv"
+    t0 = time.time()
+    build_lut(compose("build_lut", [f"space={space}", f"backend={backend}", f"out={lut}"], BuildLUTConfig))
+    build_s, t0 = time.time() - t0, time.time()
+    df = validate_lut(compose("validate_lut", [f"space={space}", f"lut={lut}"], ValidateLUTConfig))
+    table = LatencyTable.load(lut)
+    cal, raw, act, now = df.attrs["calibrated"], df.attrs["raw"], df.attrs["actions"], df.attrs["recalibrated"]
+    row = {"backend": backend, "build": b + 1, "build_s": round(build_s, 1), "validate_s": round(time.time() - t0, 1)}
+    row.update(scale=round(table.calibration.scale, 4), within10_cal=cal["within_10pct"])
+    row.update(within10_raw=raw["within_10pct"], within10_now=now["within_10pct"], drift=df.attrs["drift"])
+    row.update(spearman_now=now["spearman"], worst_now=now["worst_abs_pct_err"])
+    row.update(median_abs_err_cal=cal["median_abs_pct_err"], median_err_raw=raw["median_signed_pct_err"])
+    row.update(worst_cal=cal["worst_abs_pct_err"], spearman_cal=cal["spearman"], sign_agree=act["sign_agree"])
+    row.update(pairs_above_noise=act["above_noise"], networks=len(df))
+    return row, table, df
+
+
+def agreement(backend: str, tables: list[tuple[LatencyTable, pd.DataFrame]]) -> dict:
+    """How much the builds disagree: per layer row, and per validation network's prediction."""
     layer = [t.df[t.df["kind"].isin(LAYER_KINDS)].set_index(KEY_COLUMNS)["ms"] for t, _ in tables]
     ms = pd.concat(layer, axis=1).dropna().to_numpy()
     ms = ms[ms.min(1) > 0.005]
     base = tables[0][0].base_spec()
     specs = [decode_stages(a, base) for a in tables[0][1]["arch"]]
-    nets = np.array([[t.predict(s) for t, _ in tables] for s in specs])
-    r, n = spread(ms), spread(nets)
-    agree = {
-        "backend": backend,
-        "rows": len(ms),
-        "row_spread_median": float(np.median(r)),
-        "row_spread_p90": float(np.percentile(r, 90)),
-        "row_spread_max": float(r.max()),
-        "net_spread_median": float(np.median(n)),
-        "net_spread_max": float(n.max()),
-    }
-    return rows, agree
+    r, n = spread(ms), spread(np.array([[t.predict(s) for t, _ in tables] for s in specs]))
+    agree = {"backend": backend, "rows": len(ms), "row_spread_median": float(np.median(r))}
+    agree.update(row_spread_p90=float(np.percentile(r, 90)), row_spread_max=float(r.max()))
+    agree.update(net_spread_median=float(np.median(n)), net_spread_max=float(n.max()))
+    return agree
+
+
+def one_backend(backend: str, builds: int, space: str, work: Path) -> tuple[list[dict], dict]:
+    done = [build_and_validate(backend, b, space, work) for b in range(builds)]
+    return [row for row, _, _ in done], agreement(backend, [(table, df) for _, table, df in done])
 
 
 def main() -> None:

@@ -31,16 +31,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from latency_lut.backends import make_backend  # noqa: E402
-from latency_lut.measure import MeasureConfig, measure_interleaved  # noqa: E402
+from latency_lut.measure import MeasureConfig, measure_networks  # noqa: E402
+from latency_lut.sampling import random_spec  # noqa: E402
 from latency_lut.table import LatencyTable  # noqa: E402
-from nas.arch import ArchSpec, StageSpec, atomic_write_text  # noqa: E402
 from nas.config import compose, setup_logging  # noqa: E402
-from nas.slim import SlimConfig, load_supernet, target_dirname  # noqa: E402
+from nas.search.loading import load_supernet  # noqa: E402
+from nas.search.report import target_dirname  # noqa: E402
+from nas.slim import SlimConfig  # noqa: E402
 from nas.slim import run as slim  # noqa: E402
 from nas.train import TrainModelConfig  # noqa: E402
 from nas.train import run as train  # noqa: E402
-from nas.validate_lut import random_spec  # noqa: E402
-from supernet import build_model  # noqa: E402
+from supernet.arch import ArchSpec, StageSpec  # noqa: E402
+from supernet.files import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUDGET = ["data.train_limit=10000", "data.val_size=1000", "train.epochs=2", "train.warmup_epochs=0.2"]
@@ -85,21 +87,16 @@ def train_one(arch: Path, out: Path, seed: int, init: str, data: str) -> float:
 
 
 def measure(specs: dict[str, ArchSpec], table: LatencyTable) -> dict[str, float]:
+    """Each architecture's whole fused network, timed on the LUT's backend (the one network-measuring path)."""
     backend = make_backend(str(table.meta["backend"]), int(table.meta["threads"]))
     backend.setup()
-    names = list(specs)
-
-    def prepare(name):
-        s = specs[name]
-        return backend.prepare(build_model(s).eval().fuse(), torch.randn(1, 3, s.input_size, s.input_size))
-
-    stats = measure_interleaved(
-        names, prepare, backend, MeasureConfig(warmup=5, rounds=20, runs_per_round=5), random.Random(0)
+    stats = measure_networks(
+        list(specs.values()), backend, MeasureConfig(warmup=5, rounds=20), int(table.meta["batch"])
     )
-    return {n: s["ms"] for n, s in zip(names, stats)}
+    return {n: s["ms"] for n, s in zip(specs, stats)}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--supernet", default="runs/pipeline/supernet/supernet.pt")
     p.add_argument("--lut", default="runs/pipeline/lut/lut.csv")
@@ -108,59 +105,47 @@ def main() -> None:
     p.add_argument("--random", type=int, default=10)
     p.add_argument("--data", default="fashion_mnist")
     p.add_argument("--work", default="runs/bench/search_quality")
-    a = p.parse_args()
+    return p.parse_args()
+
+
+def slimmed_archs(a: argparse.Namespace, slim_dir: Path) -> None:
+    """nas.slim's architectures for every target (kept from an earlier run of this benchmark)."""
+    if all((slim_dir / target_dirname(t) / "arch.yaml").is_file() for t in a.targets):
+        return
+    over = [f"target_ms={a.targets}", f"supernet={a.supernet}", f"lut={a.lut}", f"out={slim_dir}", "overwrite=true"]
+    slim(compose("slim", over, SlimConfig))
+
+
+def contenders(a, t: float, slim_dir: Path, work: Path, net, table: LatencyTable) -> dict[str, tuple[Path, str]]:
+    """name -> (arch YAML, init) at target `t`: (a) slimmed from scratch, (b) inherited, (c) random, (d) L1-scaled."""
+    slimmed = slim_dir / target_dirname(t) / "arch.yaml"
+    archs = {"slimmed": (slimmed, "scratch"), "inherited": (slimmed, "inherited")}
+    arch_dir = work / f"T{t:g}" / "archs"
+    for k, spec in enumerate(sample_random(net.space, table, t, a.random, seed=int(t * 1000))):
+        spec.save(arch_dir / f"random{k}.yaml")
+        archs[f"random{k}"] = (arch_dir / f"random{k}.yaml", "scratch")
+    l1_scaled(net.spec, table, t, list(net.space.widths)).save(arch_dir / "l1_scaled.yaml")
+    archs["l1-scaled"] = (arch_dir / "l1_scaled.yaml", "scratch")
+    return archs
+
+
+def main() -> None:
+    a = parse_args()
     setup_logging(logging.WARNING)
     torch.set_num_threads(2)
-    work = Path(a.work)
+    work, slim_dir = Path(a.work), Path(a.work) / "slim"
     table = LatencyTable.load(a.lut)
     net, _ = load_supernet(Path(a.supernet))
-    space, base = net.space, net.spec
-    slim_dir = work / "slim"
-    if not all((slim_dir / target_dirname(t) / "arch.yaml").is_file() for t in a.targets):
-        slim(
-            compose(
-                "slim",
-                [
-                    f"target_ms={a.targets}",
-                    f"supernet={a.supernet}",
-                    f"lut={a.lut}",
-                    f"out={slim_dir}",
-                    "overwrite=true",
-                ],
-                SlimConfig,
-            )
-        )
+    slimmed_archs(a, slim_dir)
     rows, specs = [], {}
     for t in a.targets:
-        archs: dict[str, tuple[Path, str]] = {}
-        slimmed = slim_dir / target_dirname(t) / "arch.yaml"
-        archs["slimmed"] = (slimmed, "scratch")
-        archs["inherited"] = (slimmed, "inherited")
-        arch_dir = work / f"T{t:g}" / "archs"
-        for k, spec in enumerate(sample_random(space, table, t, a.random, seed=int(t * 1000))):
-            path = arch_dir / f"random{k}.yaml"
-            spec.save(path)
-            archs[f"random{k}"] = (path, "scratch")
-        l1 = l1_scaled(base, table, t, list(space.widths))
-        l1.save(arch_dir / "l1_scaled.yaml")
-        archs["l1-scaled"] = (arch_dir / "l1_scaled.yaml", "scratch")
-        for name, (path, init) in archs.items():
-            spec = ArchSpec.load(path)
-            specs[f"T{t:g}/{name}"] = spec
+        for name, (path, init) in contenders(a, t, slim_dir, work, net, table).items():
+            spec = specs[f"T{t:g}/{name}"] = ArchSpec.load(path)
             for seed in a.seeds:
                 acc = train_one(path, work / f"T{t:g}" / name / f"seed{seed}", seed, init, a.data)
-                rows.append(
-                    {
-                        "target_ms": t,
-                        "arch": name,
-                        "seed": seed,
-                        "test_top1": acc,
-                        "predicted_ms": table.predict(spec),
-                        "depths": str(list(spec.depths)),
-                        "widths": str(list(spec.widths)),
-                        "mb3d": str(list(spec.num_3d)),
-                    }
-                )
+                row = {"target_ms": t, "arch": name, "seed": seed, "test_top1": acc}
+                row.update(predicted_ms=table.predict(spec), depths=str(list(spec.depths)))
+                rows.append({**row, "widths": str(list(spec.widths)), "mb3d": str(list(spec.num_3d))})
                 print(f"T={t:g} {name:<10} seed {seed}: test top-1 {acc:.4f}", flush=True)
     measured = measure(specs, table)
     df = pd.DataFrame(rows)
@@ -204,7 +189,7 @@ def plot(df: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nas.plots import _save
+    from nas.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.6))
     agg = (
@@ -232,7 +217,7 @@ def plot(df: pd.DataFrame, path: Path) -> None:
         title="Search quality at equal latency (Fashion-MNIST, tiny space)",
     )
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

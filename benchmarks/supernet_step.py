@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -35,7 +36,7 @@ from supernet import build_model  # noqa: E402
 from supernet.supernet import SuperNet  # noqa: E402
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--space", default="tiny")
     p.add_argument("--batch", type=int, default=64)
@@ -44,66 +45,83 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--per-round", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    a = p.parse_args()
+    return p.parse_args()
+
+
+def contenders(space) -> dict[str, nn.Module]:
+    """The supernet in soft and hard mode, and two standalone networks of the same space for scale."""
+    soft = SuperNet(space, num_classes=10, hard=False)
+    all3d = tuple(("3d" if "3d" in soft.stage_choices[i] else "4d",) * d for i, d in enumerate(space.depths))
+    return {
+        "supernet soft": soft,
+        "supernet hard": SuperNet(space, num_classes=10, hard=True),
+        "standalone all-MB4D": build_model(space.max_spec(10)),
+        "standalone MB3D in stages 3-4": build_model(soft.spec_of(all3d)),
+    }
+
+
+class Stepper:
+    """One timed training step (forward, backward, AdamW) of each contender on a fixed batch."""
+
+    def __init__(self, models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor):
+        self.models, self.x, self.y = models, x, y
+        self.opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+        self.cuda = x.device.type == "cuda"
+
+    def __call__(self, name: str) -> float:
+        m, opt = self.models[name], self.opts[name]
+        m.train()
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(m(self.x), self.y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if self.cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e3
+
+    def peak_gib(self, name: str) -> float:
+        """Peak memory of a training step of this contender alone."""
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self(name)
+        return torch.cuda.max_memory_allocated() / 2**30
+
+
+def interleaved(step: Stepper, rounds: int, per_round: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in step.models}
+    rng, order = random.Random(0), list(step.models)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            times[name] += [step(name) for _ in range(per_round)]
+    return times
+
+
+def main() -> None:
+    a = parse_args()
     dev = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     space = compose("train_supernet", [f"space={a.space}"], TrainSupernetConfig).space
-    soft = SuperNet(space, num_classes=10, hard=False)
-    hard = SuperNet(space, num_classes=10, hard=True)
-    all4d = build_model(space.max_spec(10))
-    all3d_choices = tuple(("3d" if "3d" in soft.stage_choices[i] else "4d",) * d for i, d in enumerate(space.depths))
-    all3d = build_model(soft.spec_of(all3d_choices))
-    models = {
-        "supernet soft": soft,
-        "supernet hard": hard,
-        "standalone all-MB4D": all4d,
-        "standalone MB3D in stages 3-4": all3d,
-    }
-    models = {k: m.to(dev) for k, m in models.items()}
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+    models = {k: m.to(dev) for k, m in contenders(space).items()}
     x = torch.randn(a.batch, 3, space.input_size, space.input_size, device=dev)
-    y = torch.randint(0, 10, (a.batch,), device=dev)
-    cuda = dev.type == "cuda"
-    peak: dict[str, float] = {}
-
-    def step(name: str) -> float:
-        m, opt = models[name], opts[name]
-        m.train()
-        t0 = time.perf_counter()
-        loss = F.cross_entropy(m(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if cuda:
-            torch.cuda.synchronize()
-        return (time.perf_counter() - t0) * 1e3
-
+    step = Stepper(models, x, torch.randint(0, 10, (a.batch,), device=dev))
     for name in models:
         for _ in range(a.warmup):
             step(name)
-        if cuda:  # peak memory of a training step of this contender alone
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            step(name)
-            peak[name] = torch.cuda.max_memory_allocated() / 2**30
-    times: dict[str, list[float]] = {k: [] for k in models}
-    rng = random.Random(0)
-    order = list(models)
-    for _ in range(a.rounds):
-        rng.shuffle(order)
-        for name in order:
-            times[name] += [step(name) for _ in range(a.per_round)]
+    peak = {name: step.peak_gib(name) for name in models} if step.cuda else {}
+    times = interleaved(step, a.rounds, a.per_round)
     base = float(np.median(times["standalone all-MB4D"]))
-    where = torch.cuda.get_device_name(dev) if cuda else f"cpu, threads={a.threads}"
+    where = torch.cuda.get_device_name(dev) if step.cuda else f"cpu, threads={a.threads}"
     print(
         f"space={space.name} input={space.input_size}px batch={a.batch} on {where} "
         f"({a.rounds} shuffled rounds x {a.per_round} steps; torch {torch.__version__})"
     )
-    print(f"{'contender':<32}{'median ms':>11}{'p25-p75 ms':>17}{'ratio':>8}" + (f"{'peak GiB':>10}" if cuda else ""))
+    print(f"{'contender':<32}{'median ms':>11}{'p25-p75 ms':>17}{'ratio':>8}" + (f"{'peak GiB':>10}" if peak else ""))
     for name, t in times.items():
         med, p25, p75 = np.median(t), np.percentile(t, 25), np.percentile(t, 75)
-        mem = f"{peak[name]:>10.2f}" if cuda else ""
+        mem = f"{peak[name]:>10.2f}" if peak else ""
         print(f"{name:<32}{med:>11.1f}{f'{p25:.1f}-{p75:.1f}':>17}{med / base:>8.2f}{mem}")
 
 

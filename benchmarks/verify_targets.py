@@ -26,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from latency_lut.backends import make_backend  # noqa: E402
 from latency_lut.measure import MeasureConfig, measure_networks  # noqa: E402
 from latency_lut.table import LatencyTable  # noqa: E402
-from nas.arch import ArchSpec, atomic_write_text  # noqa: E402
 from nas.config import compose  # noqa: E402
 from nas.slim import SlimConfig  # noqa: E402
 from nas.slim import run as slim  # noqa: E402
+from supernet.arch import ArchSpec  # noqa: E402
+from supernet.files import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -42,71 +43,59 @@ def emitted(out: Path, targets: list[float]) -> list[tuple[ArchSpec, dict]]:
     return found
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--supernet", required=True)
     p.add_argument("--lut", required=True)
     p.add_argument("--targets", type=int, default=10)
     p.add_argument("--low", type=float, default=0.35, help="lowest target as a fraction of the start latency")
     p.add_argument("--passes", type=int, default=2)
-    a = p.parse_args()
-    t_start = time.time()
-    table = LatencyTable.load(a.lut)
+    return p.parse_args()
+
+
+def slim_both_ways(a: argparse.Namespace) -> tuple[list[float], dict[str, list[tuple[ArchSpec, dict]]]]:
+    """The targets (geometric, from 0.95x to `low`x the start latency) and what nas.slim emits for them, plain and
+    with --verify."""
+    inputs = [f"supernet={a.supernet}", f"lut={a.lut}"]
     with tempfile.TemporaryDirectory() as work:
-        probe = slim(
-            compose(
-                "slim", [f"supernet={a.supernet}", f"lut={a.lut}", f"out={work}/probe", "target_ms=[1000]"], SlimConfig
-            )
-        )
+        probe = slim(compose("slim", [*inputs, f"out={work}/probe", "target_ms=[1000]"], SlimConfig))
         start = float(pd.read_csv(probe / "trajectory.csv")["predicted_ms"].iloc[0])
         targets = [round(float(t), 3) for t in np.geomspace(0.95 * start, a.low * start, a.targets)]
         runs = {}
         for name, extra in (("plain", []), ("verify", ["verify=true"])):
-            over = [f"supernet={a.supernet}", f"lut={a.lut}", f"out={work}/{name}", f"target_ms={targets}", *extra]
+            over = [*inputs, f"out={work}/{name}", f"target_ms={targets}", *extra]
             runs[name] = emitted(slim(compose("slim", over, SlimConfig)), targets)
+    return targets, runs
+
+
+def remeasure(specs: list[ArchSpec], table: LatencyTable, passes: int) -> list[list[float]]:
+    """Every emitted network, re-measured independently `passes` times (each a fresh interleaved measurement)."""
     backend = make_backend(str(table.meta["backend"]), int(table.meta["threads"]))
     backend.setup()
-    specs = [spec for name in runs for spec, _ in runs[name]]
-    passes = [
-        [
-            r["ms"]
-            for r in measure_networks(
-                specs, backend, MeasureConfig(warmup=5, rounds=20, passes=2), int(table.meta["batch"]), 100 + k
-            )
-        ]
-        for k in range(a.passes)
-    ]
+    cfg, batch = MeasureConfig(warmup=5, rounds=20, passes=2), int(table.meta["batch"])
+    return [[r["ms"] for r in measure_networks(specs, backend, cfg, batch, 100 + k)] for k in range(passes)]
+
+
+def result_frame(targets: list[float], runs: dict, passes: list[list[float]]) -> pd.DataFrame:
     rows = []
     for i, t in enumerate(targets):
         for j, name in enumerate(runs):
             spec, meta = runs[name][i]
             k = j * len(targets) + i
-            rows.append(
-                {
-                    "target_ms": t,
-                    "run": name,
-                    "predicted_ms": meta["predicted_ms"],
-                    "measured_by_verify_ms": meta["measured_ms"],
-                    **{f"remeasured_{q + 1}_ms": passes[q][k] for q in range(a.passes)},
-                    "step": meta["slimming_step"],
-                    "arch": f"depths {list(spec.depths)} widths {list(spec.widths)} MB3D {list(spec.num_3d)}",
-                }
-            )
-    df = pd.DataFrame(rows)
+            row = {"target_ms": t, "run": name, "predicted_ms": meta["predicted_ms"]}
+            row["measured_by_verify_ms"] = meta["measured_ms"]
+            row.update({f"remeasured_{q + 1}_ms": p[k] for q, p in enumerate(passes)})
+            rows.append({**row, "step": meta["slimming_step"], "arch": spec.describe()})
+    return pd.DataFrame(rows)
+
+
+def report(df: pd.DataFrame, header: str, runs: list[str]) -> str:
     re_cols = [c for c in df.columns if c.startswith("remeasured_")]
-    lines = [
-        f"Targets kept on measurement: {len(targets)} targets from {targets[0]} to {targets[-1]} ms, LUT {a.lut} "
-        f"({table.describe()}); {a.passes} independent re-measurement passes; {time.time() - t_start:.0f} s in all",
-        f"{'target':>8} {'run':<7}{'predicted':>10}{'verify':>9}"
-        + "".join(f"{'re' + str(q + 1):>9}" for q in range(a.passes))
-        + "  step  architecture",
-    ]
+    lines = [header, f"{'target':>8} {'run':<7}{'predicted':>10}{'verify':>9}"]
+    lines[-1] += "".join(f"{'re' + str(q + 1):>9}" for q in range(len(re_cols))) + "  step  architecture"
     for r in df.itertuples():
-        v = (
-            f"{r.measured_by_verify_ms:>9.3f}"
-            if r.measured_by_verify_ms is not None and not pd.isna(r.measured_by_verify_ms)
-            else f"{'-':>9}"
-        )
+        verified = r.measured_by_verify_ms is not None and not pd.isna(r.measured_by_verify_ms)
+        v = f"{r.measured_by_verify_ms:>9.3f}" if verified else f"{'-':>9}"
         res = "".join(f"{getattr(r, c):>9.3f}" for c in re_cols)
         lines.append(f"{r.target_ms:>8.3f} {r.run:<7}{r.predicted_ms:>10.3f}{v}{res}  {r.step:>4}  {r.arch}")
     for name in runs:
@@ -117,7 +106,21 @@ def main() -> None:
             f"{name}: re-measured above target in {', '.join(map(str, over))} of {len(sub)} targets "
             f"(per pass); worst {worst:+.1f}% of the target"
         )
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    a = parse_args()
+    t_start = time.time()
+    table = LatencyTable.load(a.lut)
+    targets, runs = slim_both_ways(a)
+    passes = remeasure([spec for name in runs for spec, _ in runs[name]], table, a.passes)
+    df = result_frame(targets, runs, passes)
+    header = (
+        f"Targets kept on measurement: {len(targets)} targets from {targets[0]} to {targets[-1]} ms, LUT {a.lut} "
+        f"({table.describe()}); {a.passes} independent re-measurement passes; {time.time() - t_start:.0f} s in all"
+    )
+    text = report(df, header, list(runs))
     print(text)
     atomic_write_text(RESULTS / "verify_targets.txt", text + "\n")
     atomic_write_text(RESULTS / "verify_targets.csv", df.to_csv(index=False))

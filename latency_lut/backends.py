@@ -4,18 +4,17 @@ it once, and times runners. Backends: torch (CPU eager), onnxruntime (CPU), cuda
 
 from __future__ import annotations
 
-import io
 import platform
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from nas.errors import UserError
+from supernet.errors import UserError
+from supernet.formats import onnx_bytes, to_coreml
 
 BACKENDS = ("torch", "onnxruntime", "cuda", "coreml")
 Runner = Callable[[], object]
@@ -33,23 +32,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def onnx_bytes(module: nn.Module, x: torch.Tensor, exporter: str = "torchscript") -> bytes:
-    """Export `module` (eval) to ONNX in memory. The TorchScript exporter is ~30x faster per block than dynamo."""
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (x,),
-            buf,
-            input_names=["x"],
-            output_names=["y"],
-            dynamo=exporter == "dynamo",
-            opset_version=17 if exporter != "dynamo" else None,
-        )
-    return buf.getvalue()
 
 
 class Backend:
@@ -110,7 +92,7 @@ class OnnxRuntimeBackend(Backend):
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         sess = ort.InferenceSession(
-            onnx_bytes(module.eval(), x, self.exporter), opts, providers=["CPUExecutionProvider"]
+            onnx_bytes(module, x, exporter=self.exporter), opts, providers=["CPUExecutionProvider"]
         )
         feed = {"x": x.contiguous().numpy()}
         return lambda: sess.run(None, feed)
@@ -174,22 +156,8 @@ class CoreMLBackend(Backend):
 
         return f"coremltools={ct.__version__};torch={torch.__version__}"
 
-    @staticmethod
-    def convert(module: nn.Module, x: torch.Tensor):
-        import coremltools as ct
-
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module.eval(), x.contiguous())
-            return ct.convert(
-                traced,
-                inputs=[ct.TensorType(name="x", shape=tuple(x.shape))],
-                convert_to="mlprogram",
-                minimum_deployment_target=ct.target.iOS16,
-            )
-
     def prepare(self, module: nn.Module, x: torch.Tensor) -> Runner:
-        mlmodel = self.convert(module, x)
+        mlmodel = to_coreml(module, x)
         feed = {"x": x.contiguous().numpy()}
         return lambda: mlmodel.predict(feed)
 

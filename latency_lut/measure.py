@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from latency_lut.backends import Backend, Runner
 from latency_lut.table import Row
-from nas.arch import ArchSpec, StageSpec
+from supernet.arch import ArchSpec, StageSpec
 from supernet.model import build_model, layer_plan
 from supernet.space import SpaceConfig
 
@@ -113,7 +113,7 @@ def space_rows(space: SpaceConfig, num_classes: int, step: int = 16) -> list[Row
 def context_spec(row: Row, base: ArchSpec) -> ArchSpec:
     """The smallest network with `base`'s hyper-parameters that runs `row` (other stages empty).
 
-    >>> from nas.arch import PRESETS
+    >>> from supernet.arch import PRESETS
     >>> s = context_spec(Row("embed", 2, 96, 224, 28), PRESETS["l1"])
     >>> [(st.width, st.blocks) for st in s.stages]
     [(16, ()), (96, ()), (224, ('4d',)), (16, ())]

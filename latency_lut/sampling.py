@@ -7,7 +7,7 @@ import random
 
 from latency_lut.measure import width_options
 from latency_lut.table import encode_stages, spec_rows
-from nas.arch import ArchSpec, StageSpec
+from supernet.arch import ArchSpec, StageSpec
 from supernet.space import SpaceConfig
 
 

@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nas.arch import ArchSpec, StageSpec
-from nas.errors import UserError
+from supernet.arch import ArchSpec, StageSpec
+from supernet.errors import UserError
 from supernet.model import Layer, layer_plan
 
 LAYER_KINDS = ("stem", "embed", "mb4d", "mb3d", "flat", "unflat", "head")
@@ -62,7 +62,7 @@ class LUTError(UserError):
 def spec_rows(spec: ArchSpec) -> list[Row]:
     """The layer rows whose sum (plus one `call`) is the latency of `spec`: the model's own layer plan.
 
-    >>> from nas.arch import PRESETS
+    >>> from supernet.arch import PRESETS
     >>> [str(r) for r in spec_rows(PRESETS["l1"])][:2]
     ['stem(stage=1, 24->48, 224px grid)', 'mb4d(stage=1, 48->48, 56px grid)']
     """
@@ -75,7 +75,7 @@ def fingerprint(spec: ArchSpec, width_step: int) -> dict[str, Any]:
     between a table and the specs it prices). The stem's first conv width is fixed by the space (half its
     stage-1 width), not re-derived from a narrowed stage 1.
 
-    >>> from nas.arch import PRESETS
+    >>> from supernet.arch import PRESETS
     >>> fingerprint(PRESETS["l1"], 16)["stem_width"]
     24
     """
@@ -108,7 +108,7 @@ def decode_fingerprint(text: str, source: str) -> dict[str, str]:
 def encode_stages(spec: ArchSpec) -> str:
     """A spec's stages as text, for a `net` row's `arch` column.
 
-    >>> from nas.arch import PRESETS
+    >>> from supernet.arch import PRESETS
     >>> encode_stages(PRESETS["l1"])
     '48:4d,4d,4d|96:4d,4d|224:4d,4d,4d,4d,4d,4d|448:4d,4d,4d,3d'
     """
@@ -209,7 +209,7 @@ class LatencyTable:
         fp = self.fingerprint
         if fp is None:
             return None
-        from nas.arch import AttentionSpec
+        from supernet.arch import AttentionSpec
 
         stem = int(fp["stem_width"])
         return ArchSpec(

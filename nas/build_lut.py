@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +36,10 @@ from latency_lut.table import (
     encode_stages,
     fingerprint,
 )
-from nas.arch import atomic_write_text
-from nas.config import ConfigError, compose, setup_logging
+from nas.config import ConfigError, config_main
 from nas.errors import run_cli
+from supernet.files import atomic_write_text
+from supernet.formats import to_coreml
 from supernet.space import SpaceConfig
 
 log = logging.getLogger(__name__)
@@ -185,13 +185,11 @@ def coreml_check(cfg: BuildLUTConfig, rows: list[Row]) -> Path:
     """Convert every row's block with coremltools; write a report CSV and fail if any block does not convert."""
     from tqdm import tqdm
 
-    from latency_lut.backends import CoreMLBackend
-
     spec = cfg.space.max_spec(cfg.num_classes, cfg.in_chans)
     report = []
     for row in tqdm(rows, desc="coreml convert", unit="row"):
         try:
-            CoreMLBackend.convert(*row_module(row, spec, cfg.batch))
+            to_coreml(*row_module(row, spec, cfg.batch))
             report.append({**dataclasses.asdict(row), "converted": True, "error": ""})
         except Exception as e:  # any converter failure is a finding, not a crash
             report.append({**dataclasses.asdict(row), "converted": False, "error": " ".join(str(e).split())[:300]})
@@ -214,9 +212,7 @@ def coreml_check(cfg: BuildLUTConfig, rows: list[Row]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    cfg = compose("build_lut", sys.argv[1:] if argv is None else argv, BuildLUTConfig)
-    run(cfg)
+    config_main("build_lut", BuildLUTConfig, run, argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from nas.errors import UserError
+from supernet.errors import UserError
 
 # The `kind` tag of every checkpoint this project writes.
 SUPERNET_KIND = "efficientvit-nas/supernet"  # nas.train_supernet: supernet.pt
@@ -20,9 +20,9 @@ class CheckpointError(UserError):
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """torch.save to a temporary file beside `path`, synced, then renamed over it (`nas.arch.atomic_write`):
+    """torch.save to a temporary file beside `path`, synced, then renamed over it (`supernet.files.atomic_write`):
     a crash or power cut never leaves a half or empty checkpoint."""
-    from nas.arch import atomic_write
+    from supernet.files import atomic_write
 
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nas.errors import UserError
+from supernet.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "search_configs"
 T = TypeVar("T")
@@ -70,3 +71,10 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def config_main(config_name: str, schema: type[T], run: Callable[[T], Any], argv: list[str] | None = None) -> None:
+    """The `main` of an entry point whose arguments are all hydra overrides: log to the console, compose its
+    config from `argv` (default: the command line), and call `run` with it."""
+    setup_logging()
+    run(compose(config_name, sys.argv[1:] if argv is None else argv, schema))

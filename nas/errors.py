@@ -1,4 +1,4 @@
-"""User-facing errors and the one-line, non-zero-exit handling every entry point shares."""
+"""The one-line, non-zero-exit handling every entry point shares."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from supernet.errors import UserError
+
 T = TypeVar("T")
 log = logging.getLogger("nas")
-
-
-class UserError(Exception):
-    """Bad input from the user (a file, a config value, a dataset). Reported as one line, exit code 2."""
 
 
 def run_cli(main: Callable[[], T]) -> T:

@@ -18,7 +18,6 @@ import logging
 import shutil
 import sys
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,12 @@ import torch
 
 from latency_lut.measure import MeasureConfig, measure_networks
 from latency_lut.table import LatencyTable, LUTError
-from nas.arch import ArchSpec, atomic_write_text, resolve_arch
 from nas.checkpoint import TRAIN_KIND, WEIGHTS_KIND, CheckpointError, load_checkpoint
-from nas.config import ConfigError, compose, setup_logging
-from nas.errors import UserError, run_cli
+from nas.config import ConfigError, config_main
+from nas.errors import run_cli
+from supernet.arch import ArchSpec, arch_meta, resolve_arch
+from supernet.files import atomic_write_text
+from supernet.formats import ExportError, onnx_bytes, to_coreml
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "coreml", "torchscript")
@@ -48,10 +49,6 @@ class ExportConfig:
     tolerance: float = 1e-4  # max abs output difference allowed between the export and torch
     lut: str | None = None  # LUT for the predicted latency; default: the one recorded in the arch YAML
     measure: MeasureConfig = field(default_factory=lambda: MeasureConfig(warmup=10, rounds=20, passes=2))
-
-
-class ExportError(UserError):
-    """The exported model is missing, or disagrees with torch beyond the tolerance."""
 
 
 def load_model(cfg: ExportConfig):
@@ -74,11 +71,7 @@ def load_model(cfg: ExportConfig):
 
 
 def export_onnx(model, x: torch.Tensor, path: Path) -> None:
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (x,), str(path), input_names=["image"], output_names=["logits"], dynamo=False, opset_version=17
-        )
+    Path(path).write_bytes(onnx_bytes(model, x, "image", "logits"))
 
 
 def check_onnx(path: Path, x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -90,18 +83,7 @@ def check_onnx(path: Path, x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def export_coreml(model, x: torch.Tensor, path: Path):
-    import coremltools as ct
-
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, x)
-        mlmodel = ct.convert(
-            traced,
-            inputs=[ct.TensorType(name="image", shape=tuple(x.shape))],
-            outputs=[ct.TensorType(name="logits")],
-            convert_to="mlprogram",
-            minimum_deployment_target=ct.target.iOS16,
-        )
+    mlmodel = to_coreml(model, x, "image", "logits")
     mlmodel.save(str(path))
     return mlmodel
 
@@ -177,8 +159,6 @@ def latency_report(cfg: ExportConfig, spec: ArchSpec) -> dict[str, Any]:
     """The LUT-predicted latency, and the same model measured here on the LUT's backend when possible."""
     lut_path = cfg.lut
     if not lut_path and Path(cfg.arch).is_file():
-        from nas.train import arch_meta
-
         lut_path = arch_meta(cfg.arch).get("lut", {}).get("path")
     if not lut_path:
         return {}
@@ -205,9 +185,7 @@ def latency_report(cfg: ExportConfig, spec: ArchSpec) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    cfg = compose("export", sys.argv[1:] if argv is None else argv, ExportConfig)
-    run(cfg)
+    config_main("export", ExportConfig, run, argv)
 
 
 if __name__ == "__main__":

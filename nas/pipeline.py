@@ -16,12 +16,13 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nas.arch import atomic_write_text
 from nas.config import OneLineParser, compose, setup_logging
 from nas.errors import run_cli
+from supernet.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -65,108 +66,109 @@ def restart(folder: Path, stamp: dict[str, str]) -> None:
         shutil.rmtree(folder)
 
 
-def run(target_ms: float, out: Path, overrides: list[str], init: str = "scratch", fmt: str = "onnx") -> dict[str, Any]:
-    from nas import build_lut, export, slim, train, train_supernet
-    from nas.checkpoint import SUPERNET_KIND, load_checkpoint
+class Steps:
+    """Runs the pipeline's steps in order under `out`, each skipped when its output is complete, and records their
+    wall times. Each step's folder records the hashes of its inputs (inputs.json); a step is skipped only when its
+    output exists and was made from the same inputs, and a step whose inputs changed starts over (so do the steps
+    downstream, since their inputs are its outputs)."""
 
-    out = Path(out)
-    steps: dict[str, float] = {}
-    report: dict[str, Any] = {"target_ms": target_ms, "init": init, "overrides": overrides, "wall_s": steps}
+    def __init__(self, out: Path):
+        self.out = out
+        self.wall_s: dict[str, float] = {}
 
-    def timed(name: str, fn, done: bool) -> None:
+    def stamp(self, folder: Path, **inputs: Any) -> None:
+        stamp = input_stamp(**inputs)
+        restart(folder, stamp)
+        write_stamp(folder, stamp)  # before the step: an interrupted step is resumed, not thrown away
+
+    def timed(self, name: str, fn: Callable[[], Any], done: bool) -> None:
         if done:
-            log.info("== %s: already complete in %s, skipped", name, out)
+            log.info("== %s: already complete in %s, skipped", name, self.out)
             return
         log.info("== %s", name)
         t0 = time.time()
         fn()
-        steps[name] = round(time.time() - t0, 1)
-        log.info("== %s done in %.1f s", name, steps[name])
+        self.wall_s[name] = round(time.time() - t0, 1)
+        log.info("== %s done in %.1f s", name, self.wall_s[name])
 
-    sn_cfg = compose(
-        "train_supernet",
-        [*route(overrides, train_supernet.TrainSupernetConfig), f"out={out / 'supernet'}"],
-        train_supernet.TrainSupernetConfig,
-    )
-    # Each step's folder records the hashes of its inputs (inputs.json); a step is skipped only when its output
-    # exists and was made from the same inputs, and a step whose inputs changed starts over (so do the steps
-    # downstream, since their inputs are its outputs).
-    sn_ckpt = out / "supernet" / "supernet.pt"
-    stamp = input_stamp(config=sn_cfg)
-    restart(out / "supernet", stamp)
-    write_stamp(out / "supernet", stamp)  # before the step: an interrupted step is resumed, not thrown away
-    sn_done = sn_ckpt.is_file() and load_checkpoint(sn_ckpt, SUPERNET_KIND)["epoch"] >= sn_cfg.train.epochs
-    if sn_ckpt.is_file() and not sn_done:
-        sn_cfg.resume, sn_cfg.out = str(out / "supernet"), None
-    timed("train_supernet", lambda: train_supernet.run(sn_cfg), sn_done)
 
-    lut = out / "lut" / "lut.csv"
-    lut_cfg = compose(
-        "build_lut", [*route(overrides, build_lut.BuildLUTConfig), f"out={lut}"], build_lut.BuildLUTConfig
-    )
-    stamp = input_stamp(config=lut_cfg)
-    restart(lut.parent, stamp)
-    write_stamp(lut.parent, stamp)
-    timed("build_lut", lambda: build_lut.run(lut_cfg), False)  # resumable by itself: skips measured rows
+def supernet_step(steps: Steps, overrides: list[str]) -> Path:
+    from nas import train_supernet
+    from nas.checkpoint import SUPERNET_KIND, load_checkpoint
 
-    slim_dir = out / "slim"
-    slim_cfg = compose(
-        "slim",
-        [
-            *route(overrides, slim.SlimConfig),
-            f"target_ms=[{target_ms!r}]",
-            f"supernet={sn_ckpt}",
-            f"lut={lut}",
-            f"out={slim_dir}",
-            "overwrite=true",
-            "verify=true",  # the LUT was measured here: keep the target as measured, not only as predicted
-        ],
-        slim.SlimConfig,
-    )
-    arch = slim_dir / slim.target_dirname(target_ms) / "arch.yaml"
-    stamp = input_stamp(config=slim_cfg, supernet=sn_ckpt, lut=lut)
-    restart(slim_dir, stamp)
-    write_stamp(slim_dir, stamp)
-    timed("slim", lambda: slim.run(slim_cfg), arch.is_file())
+    schema = train_supernet.TrainSupernetConfig
+    cfg = compose("train_supernet", [*route(overrides, schema), f"out={steps.out / 'supernet'}"], schema)
+    ckpt = steps.out / "supernet" / "supernet.pt"
+    steps.stamp(ckpt.parent, config=cfg)
+    done = ckpt.is_file() and load_checkpoint(ckpt, SUPERNET_KIND)["epoch"] >= cfg.train.epochs
+    if ckpt.is_file() and not done:
+        cfg.resume, cfg.out = str(ckpt.parent), None
+    steps.timed("train_supernet", lambda: train_supernet.run(cfg), done)
+    return ckpt
 
-    train_dir = out / "train"
-    tr_cfg = compose(
-        "train",
-        [*route(overrides, train.TrainModelConfig), f"arch={arch}", f"init={init}", f"lut={lut}", f"out={train_dir}"],
-        train.TrainModelConfig,
-    )
-    stamp = input_stamp(config=tr_cfg, arch=arch)
-    restart(train_dir, stamp)
-    write_stamp(train_dir, stamp)
-    if (train_dir / "checkpoint.pt").is_file() and not (train_dir / "metrics.json").is_file():
-        tr_cfg.resume, tr_cfg.out = str(train_dir), None
-    timed("train", lambda: train.run(tr_cfg), (train_dir / "metrics.json").is_file())
 
-    ex_cfg = compose(
-        "export",
-        [
-            f"arch={arch}",
-            f"weights={train_dir / 'checkpoint.pt'}",
-            f"format={fmt}",
-            f"out={out / 'export'}",
-            f"lut={lut}",
-        ],
-        export.ExportConfig,
-    )
-    timed("export", lambda: report.update(export=export.run(ex_cfg)), False)
+def lut_step(steps: Steps, overrides: list[str]) -> Path:
+    from nas import build_lut
 
+    lut = steps.out / "lut" / "lut.csv"
+    cfg = compose("build_lut", [*route(overrides, build_lut.BuildLUTConfig), f"out={lut}"], build_lut.BuildLUTConfig)
+    steps.stamp(lut.parent, config=cfg)
+    steps.timed("build_lut", lambda: build_lut.run(cfg), False)  # resumable by itself: skips measured rows
+    return lut
+
+
+def slim_step(steps: Steps, overrides: list[str], target_ms: float, sn_ckpt: Path, lut: Path) -> Path:
+    from nas import slim
+    from nas.search.report import target_dirname
+
+    slim_dir = steps.out / "slim"
+    given = [f"target_ms=[{target_ms!r}]", f"supernet={sn_ckpt}", f"lut={lut}", f"out={slim_dir}", "overwrite=true"]
+    # verify: the LUT was measured here, so keep the target as measured, not only as predicted
+    cfg = compose("slim", [*route(overrides, slim.SlimConfig), *given, "verify=true"], slim.SlimConfig)
+    arch = slim_dir / target_dirname(target_ms) / "arch.yaml"
+    steps.stamp(slim_dir, config=cfg, supernet=sn_ckpt, lut=lut)
+    steps.timed("slim", lambda: slim.run(cfg), arch.is_file())
+    return arch
+
+
+def train_step(steps: Steps, overrides: list[str], arch: Path, init: str, lut: Path) -> Path:
+    from nas import train
+
+    train_dir = steps.out / "train"
+    given = [f"arch={arch}", f"init={init}", f"lut={lut}", f"out={train_dir}"]
+    cfg = compose("train", [*route(overrides, train.TrainModelConfig), *given], train.TrainModelConfig)
+    steps.stamp(train_dir, config=cfg, arch=arch)
+    done = (train_dir / "metrics.json").is_file()
+    if (train_dir / "checkpoint.pt").is_file() and not done:
+        cfg.resume, cfg.out = str(train_dir), None
+    steps.timed("train", lambda: train.run(cfg), done)
+    return train_dir
+
+
+def export_step(steps: Steps, arch: Path, train_dir: Path, fmt: str, lut: Path) -> dict[str, Any]:
+    from nas import export
+
+    given = [f"arch={arch}", f"weights={train_dir / 'checkpoint.pt'}", f"format={fmt}", f"out={steps.out / 'export'}"]
+    cfg = compose("export", [*given, f"lut={lut}"], export.ExportConfig)
+    report: dict[str, Any] = {}
+    steps.timed("export", lambda: report.update(export.run(cfg)), False)
+    return report
+
+
+def run(target_ms: float, out: Path, overrides: list[str], init: str = "scratch", fmt: str = "onnx") -> dict[str, Any]:
+    steps = Steps(Path(out))
+    sn_ckpt = supernet_step(steps, overrides)
+    lut = lut_step(steps, overrides)
+    arch = slim_step(steps, overrides, target_ms, sn_ckpt, lut)
+    train_dir = train_step(steps, overrides, arch, init, lut)
+    exported = export_step(steps, arch, train_dir, fmt, lut)
     metrics = json.loads((train_dir / "metrics.json").read_text())
-    report.update(
-        test_top1=metrics["test_top1"],
-        predicted_ms=metrics["predicted_ms"],
-        params_M=metrics["params_M"],
-        MACs_M=metrics["MACs_M"],
-        arch=str(arch),
-    )
-    atomic_write_text(out / "pipeline.json", json.dumps(report, indent=2, default=str))
+    report = {"target_ms": target_ms, "init": init, "overrides": overrides, "wall_s": steps.wall_s, "export": exported}
+    report.update({k: metrics[k] for k in ("test_top1", "predicted_ms", "params_M", "MACs_M")}, arch=str(arch))
+    atomic_write_text(steps.out / "pipeline.json", json.dumps(report, indent=2, default=str))
     print(
         f"pipeline done: test top-1 {metrics['test_top1']:.4f} at {metrics['predicted_ms']:.3f} ms predicted; "
-        f"step wall times (s): {steps}; report {out / 'pipeline.json'}"
+        f"step wall times (s): {steps.wall_s}; report {steps.out / 'pipeline.json'}"
     )
     return report
 

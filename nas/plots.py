@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _save(fig, path: Path) -> None:
-    """Save a figure durably and atomically (`nas.arch.atomic_write`) and close it."""
+def save_figure(fig, path: Path) -> None:
+    """Save a figure durably and atomically (`supernet.files.atomic_write`) and close it."""
     import matplotlib.pyplot as plt
 
-    from nas.arch import atomic_write
+    from supernet.files import atomic_write
 
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
@@ -34,7 +34,7 @@ def plot_importance(metrics: list[dict[str, float]], path: Path) -> None:
     ax2.plot(epochs, [m["train_acc"] for m in metrics], marker="o", label="train acc")
     ax2.set(xlabel="epoch", ylabel="accuracy", title="Supernet accuracy")
     ax2.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_lut_validation(pred, meas, calibrated, path: Path, title: str = "") -> None:
@@ -58,7 +58,7 @@ def plot_lut_validation(pred, meas, calibrated, path: Path, title: str = "") -> 
         ylim=(lo, hi),
     )
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_pareto(traj, targets: list[float], path: Path) -> None:
@@ -78,7 +78,7 @@ def plot_pareto(traj, targets: list[float], path: Path) -> None:
     ax.set(xlabel="LUT-predicted latency (ms)", ylabel="val accuracy (%)", title="Slimming trajectory")
     ax.invert_xaxis()
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_training(metrics: list[dict[str, float]], path: Path) -> None:
@@ -96,4 +96,4 @@ def plot_training(metrics: list[dict[str, float]], path: Path) -> None:
     ax2.plot(epochs, [m["val_acc"] for m in metrics], marker="o", label="val")
     ax2.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
     ax2.legend()
-    _save(fig, path)
+    save_figure(fig, path)

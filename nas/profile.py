@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from nas.arch import resolve_arch
 from nas.config import compose
 from nas.errors import run_cli
+from supernet.arch import resolve_arch
 
 
 @dataclass

@@ -6,7 +6,7 @@
     torchrun --nproc_per_node=2 -m nas.train arch=...                          # DistributedDataParallel
 
 `init=inherited` (our addition, not in the paper) starts from the `weights.pt` that nas.slim wrote beside the
-arch YAML. The recipe and its options are nas.trainer's, shared with supernet training. The run folder holds
+arch YAML. The recipe and its options are nas.training.trainer's, shared with supernet training. The run folder holds
 checkpoint.pt (resumable with resume=DIR), metrics.csv, curves.png, config.yaml and metrics.json (test top-1,
 params, MACs, LUT-predicted latency).
 """
@@ -20,19 +20,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
 from latency_lut.table import LatencyTable, LUTError
-from nas.arch import PRESETS, ArchSpec, SpecError, atomic_write_text, resolve_arch
 from nas.checkpoint import TRAIN_KIND, WEIGHTS_KIND, CheckpointError, load_checkpoint
 from nas.config import ConfigError, to_yaml
 from nas.data import DataConfig, build_datasets
 from nas.errors import run_cli
-from nas.trainer import DistInfo, TrainConfig, Trainer, checkpoint_to_resume, distributed_main
+from nas.training.trainer import DistInfo, TrainConfig, Trainer, checkpoint_to_resume, distributed_main
+from supernet.arch import PRESETS, ArchSpec, SpecError, arch_meta, resolve_arch
+from supernet.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +57,6 @@ def resolve_spec(cfg: TrainModelConfig, num_classes: int) -> ArchSpec:
     if spec.num_classes != num_classes:
         raise SpecError(f"{cfg.arch} has {spec.num_classes} classes but data {cfg.data.name} has {num_classes}")
     return spec
-
-
-def arch_meta(path: str) -> dict[str, Any]:
-    """The `meta:` block nas.slim writes into an arch YAML (empty for presets)."""
-    p = Path(path)
-    if not p.is_file():
-        return {}
-    d = yaml.safe_load(p.read_text())
-    return d.get("meta", {}) if isinstance(d, dict) else {}
 
 
 def inherited_state(cfg: TrainModelConfig, spec: ArchSpec) -> dict[str, torch.Tensor]:

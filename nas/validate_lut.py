@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +34,10 @@ from latency_lut.backends import make_backend
 from latency_lut.measure import MeasureConfig, measure_networks
 from latency_lut.sampling import mixed_specs, slimmer_like_spec
 from latency_lut.table import Calibration, LatencyTable, LUTError, encode_stages
-from nas.arch import ArchSpec, StageSpec, atomic_write_text
-from nas.config import compose, setup_logging
+from nas.config import config_main
 from nas.errors import run_cli
+from supernet.arch import ArchSpec, StageSpec
+from supernet.files import atomic_write_text
 from supernet.space import SpaceConfig
 
 log = logging.getLogger(__name__)
@@ -252,9 +252,7 @@ def report(df: pd.DataFrame, figures: dict[str, dict[str, float]], table: Latenc
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    cfg = compose("validate_lut", sys.argv[1:] if argv is None else argv, ValidateLUTConfig)
-    run(cfg)
+    config_main("validate_lut", ValidateLUTConfig, run, argv)
 
 
 if __name__ == "__main__":

@@ -151,9 +151,9 @@ class MB4D(nn.Module):
         dim: int,
         pool_size: int = 3,
         mlp_ratio: float = 4.0,
-        act_layer: type[nn.Module] = nn.GELU,
         drop_path: float = 0.0,
         layer_scale_init: float = 1e-5,
+        act_layer: type[nn.Module] = nn.GELU,
     ):
         super().__init__()
         self.token_mixer = Pooling(pool_size)

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from timm.layers import calculate_drop_path_rates, trunc_normal_
+from timm.models._features import feature_take_indices
 
-from nas.arch import ArchSpec
+from supernet.arch import ArchSpec
 from supernet.blocks import MB3D, MB4D, Embedding, Flat, Stem, Unflat
 
 BLOCKS: dict[str, type[nn.Module]] = {"4d": MB4D, "3d": MB3D}
@@ -66,7 +67,7 @@ def stage_plan(spec: ArchSpec, i: int) -> list[Layer]:
 def layer_plan(spec: ArchSpec) -> list[Layer]:
     """Every layer `build_model(spec)` runs, in network order (a pure function of the spec).
 
-    >>> from nas.arch import PRESETS
+    >>> from supernet.arch import PRESETS
     >>> [str(r) for r in layer_plan(PRESETS["l1"])][:2]
     ['stem(stage=1, 24->48, 224px grid)', 'mb4d(stage=1, 48->48, 56px grid)']
     """
@@ -136,6 +137,8 @@ class EfficientViT(nn.Module):
         self.head = nn.Linear(self.num_features, spec.num_classes)
         self.head_dist: nn.Linear | None = nn.Linear(self.num_features, spec.num_classes)
         self.distilled_training = False  # True: training returns (cls_logits, dist_logits) for DeiT-style distillation
+        # timm's feature_info: stage i's output is width_i channels at stride 4 * 2^i (a detection/segmentation neck)
+        self.feature_info = [dict(num_chs=w, reduction=4 * 2**i, module=f"stages.{i}") for i, w in enumerate(widths)]
         self.apply(self._init_weights)
 
     def make_stage(self, i: int, in_dim: int, drop_path: list[float]) -> nn.Module:
@@ -155,6 +158,56 @@ class EfficientViT(nn.Module):
 
     def set_distilled_training(self, enable: bool = True) -> None:
         self.distilled_training = enable
+
+    # ------------------------------------------------------------------ timm's model API
+    def get_classifier(self) -> tuple[nn.Module, nn.Module | None]:
+        return self.head, self.head_dist
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """New classifier and distillation heads for `num_classes` (0: both Identity, so `forward` returns the pooled
+        features, as in timm). The spec follows a positive class count, so the latency table prices the new head."""
+        self.num_classes = num_classes
+        if num_classes > 0:
+            self.spec = self.spec.replace(num_classes=num_classes).validate()
+        for name in ("head", "head_dist"):
+            head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+            head.apply(self._init_weights)
+            setattr(self, name, head.train(self.training))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's feature API: the outputs of the stages picked by `indices` (all four by default), each NCHW at
+        stride 4/8/16/32, also for stages that end in MB3D (whose tokens are reshaped to their grid). `norm` applies
+        the final LayerNorm to the last stage's map. Returns the features of `forward_features` too, unless
+        `intermediates_only`."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r}: only NCHW is supported")
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                intermediates.append(self.stage_map(self.norm(x) if norm and i == last else x, i))
+        if intermediates_only:
+            return intermediates
+        return (self.norm(x) if len(stages) == last + 1 else x), intermediates
+
+    def stage_map(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Stage `i`'s output as an NCHW map: (B, C, H, W) as is, tokens (B, N, C) reshaped to the stage's grid."""
+        if x.ndim == 4:
+            return x
+        r = self.spec.stage_resolution(i)
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], r, r)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(x))  # the last stage ends on tokens: (B, N, C)
@@ -195,10 +248,10 @@ class EfficientViT(nn.Module):
             for block in stage.blocks:
                 if isinstance(block, (MB4D, MB3D)):
                     block.fuse()
-        if self.head_dist is not None:
+        if isinstance(self.head_dist, nn.Linear):
             self.head.weight.add_(self.head_dist.weight).mul_(0.5)
             self.head.bias.add_(self.head_dist.bias).mul_(0.5)
-            self.head_dist = None
+        self.head_dist = None
         return self
 
 

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nas.arch import STAGES_WITH_3D, ArchSpec, AttentionSpec, SpecError, StageSpec
+from supernet.arch import STAGES_WITH_3D, ArchSpec, AttentionSpec, SpecError, StageSpec
+
+Choices = tuple[tuple[str, ...], ...]  # per stage, per MetaPath: "4d" / "3d" / "id"
+
+
+def stages_of(choices: Choices, widths: tuple[int, ...]) -> tuple[StageSpec, ...]:
+    """The concrete stages of a supernet path: identity MetaPaths dropped. The one place choices become stages.
+
+    >>> stages_of((("4d", "id"), ("id",), ("4d", "3d"), ("3d",)), (16, 32, 48, 64))[2]
+    StageSpec(width=48, blocks=('4d', '3d'))
+    """
+    return tuple(StageSpec(w, tuple(c for c in stage if c != "id")) for w, stage in zip(widths, choices))
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nas.arch import ArchSpec, StageSpec
+from supernet.arch import ArchSpec, StageSpec
 from supernet.blocks import Embedding, Flat, Unflat
 from supernet.model import EfficientViT, make_block
 from supernet.slicing import (
@@ -36,10 +36,9 @@ from supernet.slicing import (
     slice_state,
     top_k,
 )
-from supernet.space import SpaceConfig
+from supernet.space import Choices, SpaceConfig, stages_of
 
 NOISE = ("gumbel", "uniform", "none")
-Choices = tuple[tuple[str, ...], ...]  # per stage, per MetaPath: "4d" / "3d" / "id"
 
 
 class MetaPath(nn.Module):
@@ -219,8 +218,7 @@ class SuperNet(EfficientViT):
     def spec_of(self, choices: Choices, widths: tuple[int, ...] | None = None) -> ArchSpec:
         """The concrete spec of a path (identity MetaPaths dropped), optionally at narrower stage widths."""
         widths = widths or self.spec.widths
-        stages = tuple(StageSpec(w, tuple(c for c in stage if c != "id")) for w, stage in zip(widths, choices))
-        return self.spec.replace(stages=stages).validate()
+        return self.spec.replace(stages=stages_of(choices, widths)).validate()
 
     @torch.no_grad()
     def extract(self, choices: Choices, widths: tuple[int, ...] | None = None) -> EfficientViT:

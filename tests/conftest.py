@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas.arch import ArchSpec, StageSpec
+from supernet.arch import ArchSpec, StageSpec
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +64,7 @@ def trained(tmp_path_factory):
     )
     lut = root / "lut.csv"
     build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={lut}"], BuildLUTConfig))
-    from nas.slim import load_supernet
+    from nas.search.loading import load_supernet
 
     net, _ = load_supernet(sn / "supernet.pt")
     start_ms = LatencyTable.load(lut).predict(net.spec_of(net.derive()))

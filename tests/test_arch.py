@@ -2,7 +2,7 @@ import pytest
 import torch
 import yaml
 
-from nas.arch import PRESETS, ArchSpec, SpecError, StageSpec, efficientformer_spec, resolve_arch
+from supernet.arch import PRESETS, ArchSpec, SpecError, StageSpec, efficientformer_spec, resolve_arch
 
 
 def _spec(blocks, widths=(16, 32, 48, 64), **kw):
@@ -178,8 +178,8 @@ def test_arch_yaml_is_refused_or_builds_and_runs():
     import yaml
     from hypothesis import HealthCheck, given, settings
 
-    from nas.arch import SpecError
     from supernet import build_model
+    from supernet.arch import SpecError
 
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(_mutations())

@@ -1,7 +1,7 @@
 import itertools
 
-from nas.evolution import Evolution, EvolutionConfig, repair
-from nas.slimming import SlimState
+from nas.search.evolution import Evolution, EvolutionConfig, repair
+from nas.search.state import SlimState
 
 CHOICES = [("4d", "id"), ("4d", "id"), ("4d", "3d", "id"), ("4d", "3d", "id")]
 DEPTHS = [1, 1, 2, 1]

@@ -18,10 +18,10 @@ from latency_lut.table import (
     fingerprint,
     spec_rows,
 )
-from nas.arch import PRESETS, ArchSpec, StageSpec
 from nas.build_lut import BuildLUTConfig
 from nas.build_lut import run as build_lut
 from nas.config import compose
+from supernet.arch import PRESETS, ArchSpec, StageSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_SPACE = [
@@ -363,7 +363,7 @@ def test_fingerprint_refuses_a_spec_with_other_block_settings(change, field):
 
 
 def test_slim_coverage_check_follows_the_width_step():
-    from nas.slim import check_lut_covers
+    from nas.search.loading import check_lut_covers
     from supernet.supernet import SuperNet
 
     table, _ = calibrated_table(scale=1.0)

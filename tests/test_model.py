@@ -2,8 +2,8 @@ import pytest
 import timm
 import torch
 
-from nas.arch import PRESETS, ArchSpec, StageSpec
 from supernet import build_model
+from supernet.arch import PRESETS, ArchSpec, StageSpec
 from supernet.blocks import Flat, Unflat
 from supernet.complexity import count_macs, count_params
 from tests.conftest import randomize_state
@@ -124,3 +124,84 @@ def test_profile_cli_prints_l1(capsys):
     main(["arch=l1"])
     out = capsys.readouterr().out
     assert "12.29M" in out and "1.291G" in out
+
+
+# ------------------------------------------------------------------------------------- timm's model API
+def emitted_tiny():
+    """What nas.slim emits on the tiny space: a path extracted from the supernet (weights sliced), here one whose
+    stage 3 ends in MB3D *before* stage 4 (so its tokens are reshaped back) and whose stage 4 ends in MB4D."""
+    import yaml
+
+    from supernet.space import AttentionConfig, SpaceConfig
+    from supernet.supernet import SuperNet
+
+    space = SpaceConfig(**yaml.safe_load(open("search_configs/space/tiny.yaml")))
+    space.attention = AttentionConfig(**space.attention)
+    net = SuperNet(space, num_classes=10)
+    randomize_state(net, seed=4)
+    choices = (("4d", "id"), ("4d", "4d"), ("4d", "id", "3d", "3d"), ("4d", "4d", "id"))
+    return net.extract(choices, (32, 48, 96, 112)).eval()
+
+
+def test_timm_oracle_forward_intermediates_and_feature_info_on_l1():
+    """Oracle: timm's own EfficientFormer-L1 with the same weights gives the same four NCHW maps (its last stage's
+    tokens reshaped by timm's code), the same final features, and the same feature_info channels and strides."""
+    ref = timm.create_model("efficientformer_l1", pretrained=False).eval()
+    randomize_state(ref, seed=2)
+    ours = build_model(PRESETS["l1"]).eval()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        for norm in (False, True):
+            (fa, ia), (fb, ib) = ref.forward_intermediates(x, norm=norm), ours.forward_intermediates(x, norm=norm)
+            assert [t.shape for t in ib] == [(2, 48, 56, 56), (2, 96, 28, 28), (2, 224, 14, 14), (2, 448, 7, 7)]
+            assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ia, ib))
+            assert torch.allclose(fa, fb, atol=1e-5)
+        only = ours.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
+        assert len(only) == 2 and torch.equal(only[0], ib[1])
+    assert [(f["num_chs"], f["reduction"]) for f in ours.feature_info] == [
+        (f["num_chs"], f["reduction"]) for f in ref.feature_info
+    ]
+
+
+def test_forward_intermediates_on_an_emitted_tiny_arch_with_an_mb3d_ending_stage():
+    """Oracle: forward hooks on the modules feature_info names. Each map is NCHW at its stated channels and stride;
+    stage 3 (ending in MB3D, then reshaped back by the network itself) is exactly that module's output, and the
+    last stage's normed map, mean-pooled, is exactly the classifier's input in `forward`."""
+    model = emitted_tiny()
+    assert model.spec.stages[2].blocks[-1] == "3d" and model.spec.stages[3].blocks[-1] == "4d"
+    hooked = {}
+    for info in model.feature_info:
+        model.get_submodule(info["module"]).register_forward_hook(
+            lambda m, i, o, name=info["module"]: hooked.__setitem__(name, o)
+        )
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        feats, maps = model.forward_intermediates(x, norm=True)
+        pooled = model.forward_head(feats, pre_logits=True)
+    for info, m in zip(model.feature_info, maps):
+        side = 64 // info["reduction"]
+        assert m.shape == (3, info["num_chs"], side, side)
+    for i in range(3):
+        assert torch.equal(maps[i], hooked[f"stages.{i}"])
+    assert hooked["stages.3"].ndim == 3  # the last stage ends on tokens: the map is their reshape
+    assert torch.allclose(maps[3].mean(dim=(2, 3)), pooled, atol=1e-6)
+    assert torch.allclose(model.forward_head(feats), model(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [lambda: build_model(PRESETS["l1"]), emitted_tiny], ids=["l1", "emitted-tiny"])
+def test_get_and_reset_classifier(make):
+    model = make().eval()
+    head, head_dist = model.get_classifier()
+    assert head is model.head and head_dist is model.head_dist
+    size = model.spec.input_size
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+        model.reset_classifier(5)
+        assert model(x).shape == (2, 5) and model.spec.num_classes == 5
+        model.reset_classifier(0)  # timm: no classifier, forward returns the pooled features
+        assert torch.allclose(model(x), pooled, atol=1e-6)
+        model.reset_classifier(3)
+        fused = model.fuse()(x)
+    assert fused.shape == (2, 3)

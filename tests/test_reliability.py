@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from nas.arch import atomic_write_text
 from nas.checkpoint import save_atomic
+from supernet.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 

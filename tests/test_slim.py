@@ -11,23 +11,19 @@ import torch
 import yaml
 
 from latency_lut.table import LatencyTable, LUTError
-from nas.arch import ArchSpec
 from nas.build_lut import BuildLUTConfig
 from nas.build_lut import run as build_lut
 from nas.checkpoint import CheckpointError
 from nas.config import ConfigError, compose
 from nas.data import DataConfig, build_datasets
-from nas.slim import SlimConfig, evaluate, load_weights
+from nas.search.evaluator import evaluate
+from nas.search.loading import load_weights
+from nas.search.slimmer import Slimmer, drop_least_important_path, narrow_least_important_stage, remove_first_mb3d
+from nas.search.state import SlimState, UnreachableTarget
+from nas.slim import SlimConfig
 from nas.slim import run as slim
-from nas.slimming import (
-    Slimmer,
-    SlimState,
-    UnreachableTarget,
-    drop_least_important_path,
-    narrow_least_important_stage,
-    remove_first_mb3d,
-)
 from supernet import build_model
+from supernet.arch import ArchSpec
 from tests.test_lut import FAST, SMALL_SPACE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,8 +177,8 @@ def test_target_below_the_space_floor_names_it(trained, tmp_path):
     """Oracle: the floor in the message is the minimum of `predict` over every spec of the space, enumerated."""
     import itertools
 
-    from nas.arch import SpecError
-    from nas.slim import load_supernet
+    from nas.search.loading import load_supernet
+    from supernet.arch import SpecError
 
     net, _ = load_supernet(trained[0])
     table = LatencyTable.load(trained[1])
@@ -274,14 +270,13 @@ def test_bn_batches_are_plain_images_from_a_seeded_generator(monkeypatch):
     """Oracle: with RandAugment on in the supernet's data config, the BN batches still equal the plain
     (un-augmented) images of the same indices, and two loads give identical tensors."""
     from nas.data import DataConfig, build_datasets
-    from nas.slim import SlimConfig, cached_batches
+    from nas.search.evaluator import cached_batches
 
-    cfg = SlimConfig(val_images=50, bn_batches=2, batch_size=32, seed=3)
     data = DataConfig(name="digits", input_size=32, val_size=200, augment=True, auto_augment="rand-m9")
     torch.manual_seed(1)
-    _, bn1 = cached_batches(data, cfg)
+    _, bn1 = cached_batches(data, val_images=50, bn_batches=2, batch_size=32, seed=3)
     torch.manual_seed(2)  # another global RNG state: nothing may depend on it
-    _, bn2 = cached_batches(data, cfg)
+    _, bn2 = cached_batches(data, val_images=50, bn_batches=2, batch_size=32, seed=3)
     assert all(torch.equal(a, b) for a, b in zip(bn1, bn2))
     plain = build_datasets(DataConfig(name="digits", input_size=32, val_size=200, augment=False)).train
     idx = torch.randperm(len(plain), generator=torch.Generator().manual_seed(3))[:64].tolist()
@@ -318,14 +313,14 @@ def test_cli_bad_input_is_one_line(trained, args, match):
 
 # ------------------------------------------------------------------------------------------------- --verify
 def _traj(latencies):
-    from nas.slimming import Step
+    from nas.search.state import Step
 
     states = [SlimState(((f"{k}",),), (16,)) for k in range(len(latencies))]  # distinct placeholder states
     return [Step(k, "a", "", ms, 0.9, 0.0, s, k) for k, (ms, s) in enumerate(zip(latencies, states))]
 
 
 def test_verify_passes_over_states_that_measure_above_the_target():
-    from nas.slimming import verified_step
+    from nas.search.verify import verified_step
 
     traj = _traj([2.0, 1.5, 1.0, 0.95, 0.8])
     true_ms = {s.state: s.latency_ms * 1.06 for s in traj}  # the mocked measurement runs 6% over prediction
@@ -349,7 +344,8 @@ def test_verify_passes_over_states_that_measure_above_the_target():
 
 
 def test_verify_slims_further_when_the_trajectory_runs_out():
-    from nas.slimming import Step, verified_step
+    from nas.search.state import Step
+    from nas.search.verify import verified_step
 
     traj = _traj([2.0, 1.0])
 
@@ -369,11 +365,11 @@ def test_verify_slims_further_when_the_trajectory_runs_out():
 def test_slim_verify_end_to_end_with_a_mocked_slow_measurement(trained, tmp_path, monkeypatch, caplog):
     """nas.slim --verify where every network measures 12% above its prediction: each emitted arch records a
     measured latency at or below its target, and says which states were passed over."""
-    import nas.slim as slim_mod
+    import nas.search.verify as verify_mod
 
     table = LatencyTable.load(trained[1])
     monkeypatch.setattr(
-        slim_mod,
+        verify_mod,
         "measure_networks",
         lambda specs, backend, cfg, batch, seed: [{"ms": table.predict(s) * 1.12} for s in specs],
     )
@@ -389,7 +385,7 @@ def test_slim_verify_end_to_end_with_a_mocked_slow_measurement(trained, tmp_path
 
 
 def test_verify_where_the_backend_cannot_run_is_one_line(trained, caplog):
-    from nas.slim import verify_backend
+    from nas.search.verify import verify_backend
 
     table = LatencyTable.load(trained[1])
     table.meta["backend"] = "coreml"

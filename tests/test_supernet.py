@@ -116,7 +116,7 @@ def test_hard_mode_runs_one_branch_and_still_trains_alpha():
 
 
 def test_tau_schedules():
-    from nas.train_supernet import SupernetConfig
+    from nas.training.supernet_trainer import SupernetConfig
 
     c = SupernetConfig(tau_start=5.0, tau_end=0.5)
     assert c.tau(0, 10) == 5.0 and c.tau(9, 10) == pytest.approx(0.5)

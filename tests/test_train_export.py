@@ -9,16 +9,17 @@ import pytest
 import torch
 import yaml
 
-from nas.arch import ArchSpec
 from nas.checkpoint import TRAIN_KIND, CheckpointError, load_checkpoint
 from nas.config import ConfigError, compose
-from nas.export import ExportConfig, ExportError
+from nas.export import ExportConfig
 from nas.export import run as export
-from nas.slim import load_weights
+from nas.search.loading import load_weights
 from nas.slim import run as slim
 from nas.train import TrainModelConfig
 from nas.train import run as train
 from supernet import build_model
+from supernet.arch import ArchSpec
+from supernet.formats import ExportError
 from tests.conftest import torchrun
 from tests.test_lut import FAST
 from tests.test_slim import slim_cfg

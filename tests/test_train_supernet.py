@@ -12,7 +12,7 @@ import yaml
 from nas.checkpoint import SUPERNET_KIND, CheckpointError, load_checkpoint
 from nas.config import ConfigError, compose
 from nas.train_supernet import TrainSupernetConfig, run
-from nas.trainer import TrainingError
+from nas.training.trainer import TrainingError
 from tests.conftest import torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +107,7 @@ def test_resume_from_other_space_or_corrupt_file_is_one_clear_line(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    from nas.train_supernet import SupernetTrainer
+    from nas.training.supernet_trainer import SupernetTrainer
 
     original = SupernetTrainer.loss
 
@@ -224,7 +224,7 @@ def test_train_supernet_on_gpu(tmp_path, hard):
 def test_train_device_cuda_without_a_gpu_is_one_clear_error(tmp_path):
     import torch
 
-    from nas.trainer import TrainingError
+    from nas.training.trainer import TrainingError
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

@@ -11,7 +11,8 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from nas.slimming import Choices, SlimState
+from nas.search.state import SlimState
+from supernet.space import Choices
 
 
 @dataclass

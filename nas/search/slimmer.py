@@ -23,30 +23,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from nas.errors import UserError
+from nas.search.state import SlimState, Step, UnreachableTarget
+from supernet.space import Choices
 
 log = logging.getLogger(__name__)
-
-Choices = tuple[tuple[str, ...], ...]
-
-
-class UnreachableTarget(UserError):
-    """The requested latency cannot be reached."""
-
-
-@dataclass(frozen=True)
-class SlimState:
-    choices: Choices
-    widths: tuple[int, ...]
-
-    @property
-    def num_blocks(self) -> int:
-        return sum(c != "id" for stage in self.choices for c in stage)
-
-    def describe(self) -> str:
-        depths = [sum(c != "id" for c in s) for s in self.choices]
-        n3d = [sum(c == "3d" for c in s) for s in self.choices]
-        return f"depths {depths} widths {list(self.widths)} MB3D {n3d}"
 
 
 @dataclass(frozen=True)
@@ -54,18 +34,6 @@ class Candidate:
     action: str  # drop_path | remove_mb3d | narrow_stage
     where: str  # e.g. "stage3.path2" or "stage2: 64->48"
     state: SlimState
-
-
-@dataclass(frozen=True)
-class Step:
-    step: int
-    action: str
-    where: str
-    latency_ms: float
-    val_acc: float
-    score: float  # accuracy drop (percentage points) per ms saved; nan for the start
-    state: SlimState
-    evaluations: int  # accuracy evaluations so far
 
 
 def _set_choice(choices: Choices, stage: int, pos: int, code: str) -> Choices:
@@ -201,60 +169,3 @@ class Slimmer:
     def _emit(self, step: Step) -> None:
         if self.on_step is not None:
             self.on_step(step)
-
-
-def first_at_or_below(traj: list[Step], target_ms: float) -> Step:
-    """The first state of the trajectory whose predicted latency is at or below the target."""
-    for s in traj:
-        if s.latency_ms <= target_ms:
-            return s
-    raise UnreachableTarget(f"no state of the trajectory reaches {target_ms:g} ms")
-
-
-@dataclass(frozen=True)
-class Verified:
-    """The state emitted for a target under `--verify`, with its measured latency and what was skipped."""
-
-    step: Step
-    measured_ms: float
-    skipped: tuple[tuple[int, float], ...]  # (step, measured ms) of earlier states that measured above the target
-
-
-def verified_step(
-    traj: list[Step],
-    target_ms: float,
-    measure: Callable[[list[SlimState]], list[float]],
-    extend: Callable[[list[Step]], Step],
-    measured: dict[SlimState, float],
-    batch: int = 8,
-) -> Verified:
-    """The first state at or after the first predicted at or below `target_ms` whose *measured* latency is at or
-    below it. States are measured `batch` at a time, in one interleaved group: a window of candidates, padded with
-    the states just before it, so that every measurement sees a full group, as the latency table's own networks
-    did (a smaller group runs on warmer caches and measures faster). `measured` caches results across targets.
-    When every state has measured above the target, `extend` slims one more step."""
-    k = traj.index(first_at_or_below(traj, target_ms))
-    skipped = []
-    while True:
-        window = traj[k : k + batch]
-        if not window:  # every state so far measured above the target: slim one step further
-            n = len(traj)
-            try:
-                extend(traj)
-            except UnreachableTarget:
-                pass
-            if len(traj) == n:
-                raise UnreachableTarget(
-                    f"target {target_ms:g} ms: no state of the slimming trajectory measures at or below it "
-                    f"(the last, {traj[-1].state.describe()}, measured {measured[traj[-1].state]:.4g} ms)"
-                )
-            continue
-        context = traj[max(0, k - (batch - len(window))) : k]
-        if any(s.state not in measured for s in window):
-            group = list(dict.fromkeys(s.state for s in context + window))
-            measured.update(zip(group, measure(group)))
-        for s in window:
-            if measured[s.state] <= target_ms:
-                return Verified(s, measured[s.state], tuple(skipped))
-            skipped.append((s.step, measured[s.state]))
-        k += len(window)

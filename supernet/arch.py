@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from nas.errors import UserError
+from supernet.errors import UserError
+from supernet.files import atomic_write_text
 
 BLOCK_CODES = ("4d", "3d")
 NUM_STAGES = 4
@@ -124,6 +122,9 @@ class ArchSpec:
     def num_3d(self) -> tuple[int, ...]:
         return tuple(s.num_3d for s in self.stages)
 
+    def describe(self) -> str:
+        return describe_stages(self.stages)
+
     def stage_resolution(self, stage: int) -> int:
         """Side of the token grid of 0-based `stage` (stem stride 4, then x2 per embedding)."""
         return self.input_size // (4 * 2**stage)
@@ -143,7 +144,7 @@ class ArchSpec:
         >>> ArchSpec(stages=(StageSpec(48, ("4d",)),) * 3 + (StageSpec(448, ("3d", "4d")),)).validate()
         Traceback (most recent call last):
         ...
-        nas.arch.SpecError: stages[3].blocks: MB3D blocks must form a suffix of the stage, got ['3d', '4d']
+        supernet.arch.SpecError: stages[3].blocks: MB3D blocks must form a suffix of the stage, got ['3d', '4d']
         """
         for i, s in enumerate(self.stages):
             if not _is_int(s.width):
@@ -325,43 +326,20 @@ class ArchSpec:
         }
 
 
+def describe_stages(stages: tuple[StageSpec, ...]) -> str:
+    """The one-line summary of a network's stages, wherever one is printed.
+
+    >>> describe_stages((StageSpec(16, ("4d",)), StageSpec(32), StageSpec(48, ("4d", "3d")), StageSpec(64, ("3d",))))
+    'depths [1, 0, 2, 1] widths [16, 32, 48, 64] MB3D [0, 0, 1, 1]'
+    """
+    depths, widths, n3d = [s.depth for s in stages], [s.width for s in stages], [s.num_3d for s in stages]
+    return f"depths {depths} widths {widths} MB3D {n3d}"
+
+
 def _reject_unknown(where: str, d: dict[str, Any], known: set[str]) -> None:
     unknown = sorted(set(d) - known)
     if unknown:
         raise SpecError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Durably replace `path`: `write(tmp)` fills a temporary file in the same folder, which is flushed to disk
-    (`fsync`) before `os.replace` renames it over `path`, and the folder is synced after. A crash or power cut
-    leaves the old file or the new one, never an empty or half-written file behind a successful rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # the rename itself is durable once the folder's entry is on disk (not possible on every OS)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text to `path` durably and atomically (see `atomic_write`)."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def efficientformer_spec(depths: tuple[int, ...], widths: tuple[int, ...], num_vit: int, **kw: Any) -> ArchSpec:
@@ -392,3 +370,12 @@ def resolve_arch(arch: str | Path) -> ArchSpec:
     if p.suffix in (".yaml", ".yml") or p.exists():
         return ArchSpec.load(p)
     raise SpecError(f"arch: {arch!r} is neither a preset ({', '.join(PRESETS)}) nor an existing YAML file")
+
+
+def arch_meta(path: str | Path) -> dict[str, Any]:
+    """The `meta:` block nas.slim writes into an arch YAML (empty for presets)."""
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    d = yaml.safe_load(p.read_text())
+    return d.get("meta", {}) if isinstance(d, dict) else {}

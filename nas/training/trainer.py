@@ -27,10 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from nas.arch import atomic_write_text
 from nas.checkpoint import TRAIN_KIND, load_checkpoint, save_atomic
 from nas.data import Splits
-from nas.errors import UserError
+from supernet.errors import UserError
+from supernet.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gzip
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from nas.errors import UserError
+from supernet.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -254,29 +254,3 @@ def build_datasets(cfg: DataConfig) -> Splits:
     splits = builders[cfg.name](cfg)
     log.info("data %s: %d train / %d val / %d test", cfg.name, len(splits.train), len(splits.val), len(splits.test))
     return splits
-
-
-@dataclass
-class DataInfoConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m nas.data data=digits`: load a dataset and print its split sizes (a quick data check)."""
-    import sys
-
-    from nas.config import compose
-
-    cfg = compose("data_info", sys.argv[1:] if argv is None else argv, DataInfoConfig)
-    s = build_datasets(cfg.data)
-    x, _ = s.train[0]
-    print(
-        f"{cfg.data.name}: {len(s.train)} train / {len(s.val)} val / {len(s.test)} test, "
-        f"{s.num_classes} classes, image {tuple(x.shape)}"
-    )
-
-
-if __name__ == "__main__":
-    from nas.errors import run_cli
-
-    run_cli(main)
