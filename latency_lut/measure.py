@@ -157,21 +157,21 @@ def chain_module(chain: Chain, base: ArchSpec, batch: int) -> tuple[nn.Module, t
     return nn.Sequential(*modules[: k + int(chain.with_row)]).eval(), x
 
 
-def item_runner(item: Chain | Row | Net, base: ArchSpec, backend: Backend, batch: int) -> Runner:
-    """A backend runner for a chain, the per-call overhead (`CALL`: the empty chain), or a whole network."""
+def item_module(item: Chain | Row | Net, base: ArchSpec, batch: int) -> tuple[nn.Module, torch.Tensor]:
+    """The deploy module an item times and its image input: a chain, the per-call overhead (`CALL`: the empty
+    chain, an identity), or a whole fused network."""
     if isinstance(item, Net):
-        return network_runner(item.spec, backend, batch)
+        return network_module(item.spec, batch)
     if isinstance(item, Chain):
-        return backend.prepare(*chain_module(item, base, batch))
+        return chain_module(item, base, batch)
     if item.kind == "call":
-        return backend.prepare(nn.Identity(), torch.randn(batch, base.in_chans, base.input_size, base.input_size))
+        return nn.Identity(), torch.randn(batch, base.in_chans, base.input_size, base.input_size)
     raise ValueError(f"a layer row is measured as two Chain items, not as {item}")
 
 
-def network_runner(spec: ArchSpec, backend: Backend, batch: int) -> Runner:
-    """The fused deploy network of `spec` on a random input, as a backend runner."""
-    model = build_model(spec).eval().fuse()
-    return backend.prepare(model, torch.randn(batch, spec.in_chans, spec.input_size, spec.input_size))
+def network_module(spec: ArchSpec, batch: int) -> tuple[nn.Module, torch.Tensor]:
+    """The fused deploy network of `spec` and a random input."""
+    return build_model(spec).eval().fuse(), torch.randn(batch, spec.in_chans, spec.input_size, spec.input_size)
 
 
 def summarize(samples: list[float], percentile: float = 25.0) -> dict[str, float]:
@@ -271,7 +271,8 @@ def measure_networks(
     def on_chunk(_, per_pass: dict[Any, list[dict[str, float]]]) -> None:
         results.update({i: combine_passes(p, whole=True) for i, p in per_pass.items()})
 
-    measure_in_passes(groups, lambda i: network_runner(flat[i], backend, batch), backend, cfg, rng, on_chunk)
+    prepare = lambda i: backend.prepare(*network_module(flat[i], batch))  # noqa: E731
+    measure_in_passes(groups, prepare, backend, cfg, rng, on_chunk)
     return [results[i] for i in range(len(flat))]
 
 
@@ -287,6 +288,30 @@ def chain_difference(with_row: dict[str, float], without: dict[str, float]) -> d
     }
 
 
+def plan_groups(items: Sequence[Item], cfg: MeasureConfig) -> list[list[Any]]:
+    """The interleaved groups `items` are measured in, in order: shuffled with `cfg.seed`, a layer row as its two
+    chains side by side in one group, packed `cfg.interleave` to a group. A device bundle keeps exactly these."""
+    rng = random.Random(cfg.seed)
+    items = list(items)
+    rng.shuffle(items)
+    units = [[Chain(it, True), Chain(it, False)] if isinstance(it, Row) and it.kind != "call" else [it] for it in items]
+    return pack(units, max(cfg.interleave, 2))
+
+
+def results_of(measured: Sequence[Any], per_pass: dict[Any, list[dict[str, float]]]) -> list[tuple[Item, dict]]:
+    """Table items from measured ones and their statistics per pass: a layer row from its two chains (the median
+    pass of their difference), a network or the per-call overhead from its own passes (the fastest)."""
+    done = []
+    for it in measured:
+        if isinstance(it, Chain):
+            if it.with_row:
+                diffs = [chain_difference(a, b) for a, b in zip(per_pass[it], per_pass[Chain(it.row, False)])]
+                done.append((it.row, combine_passes(diffs, whole=False)))
+        else:
+            done.append((it, combine_passes(per_pass[it], whole=True)))
+    return done
+
+
 def measure_items(
     items: Sequence[Item],
     base: ArchSpec,
@@ -296,27 +321,16 @@ def measure_items(
     on_group: Callable[[list[tuple[Item, dict[str, float]]]], None],
     progress: Any = None,  # a tqdm bar (anything with update(n))
 ) -> None:
-    """Measure `items` (layer rows, `CALL`, networks) in shuffled groups and passes (`measure_in_passes`), calling
-    `on_group` with each finished chunk's results. A layer row is measured as its two chains, side by side in one
-    group; each pass gives a chain difference, and the row keeps the median pass."""
-    rng = random.Random(cfg.seed)
-    items = list(items)
-    rng.shuffle(items)
+    """Measure `items` (layer rows, `CALL`, networks) in shuffled groups and passes (`plan_groups`,
+    `measure_in_passes`), calling `on_group` with each finished chunk's results (`results_of`)."""
     torch.manual_seed(cfg.seed)
-    units = [[Chain(it, True), Chain(it, False)] if isinstance(it, Row) and it.kind != "call" else [it] for it in items]
-    groups = pack(units, max(cfg.interleave, 2))
+    groups = plan_groups(items, cfg)
 
     def on_chunk(chunk: list[list[Any]], per_pass: dict[Any, list[dict[str, float]]]) -> None:
-        done = []
-        for it in (it for group in chunk for it in group):
-            if isinstance(it, Chain):
-                if it.with_row:
-                    diffs = [chain_difference(a, b) for a, b in zip(per_pass[it], per_pass[Chain(it.row, False)])]
-                    done.append((it.row, combine_passes(diffs, whole=False)))
-            else:
-                done.append((it, combine_passes(per_pass[it], whole=True)))
+        done = results_of([it for group in chunk for it in group], per_pass)
         on_group(done)
         if progress is not None:
             progress.update(len(done))
 
-    measure_in_passes(groups, lambda it: item_runner(it, base, backend, batch), backend, cfg, rng, on_chunk)
+    prepare = lambda it: backend.prepare(*item_module(it, base, batch))  # noqa: E731
+    measure_in_passes(groups, prepare, backend, cfg, random.Random(cfg.seed), on_chunk)

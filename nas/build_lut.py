@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
+from tqdm import tqdm
 
 from latency_lut.backends import BACKENDS, make_backend
+from latency_lut.bundle import SUFFIX, read_bundle, write_bundle
 from latency_lut.measure import CALL, MeasureConfig, Net, measure_items, row_module, space_rows
 from latency_lut.sampling import mixed_specs
 from latency_lut.table import (
@@ -59,6 +62,8 @@ class BuildLUTConfig:
     calibration_networks: int = 12  # whole networks measured with the rows; the table fits its correction on them
     calibration_seed: int = 1000  # validation draws with other seeds and skips these networks
     recalibrate: bool = False  # re-time only the calibration networks of the existing out= LUT (machine drift)
+    bundle: str | None = None  # write a device bundle to this folder instead of measuring here (onnxruntime | coreml)
+    from_bundle: str | None = None  # turn a measured bundle's timings.csv into a LUT (out= or DIR/lut.csv)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
 
@@ -85,38 +90,27 @@ def existing_rows(path: Path, meta: dict[str, object]) -> pd.DataFrame:
 
 
 def run(cfg: BuildLUTConfig) -> Path:
+    if cfg.from_bundle:
+        return import_bundle(Path(cfg.from_bundle), Path(cfg.out) if cfg.out else Path(cfg.from_bundle) / "lut.csv")
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"backend={cfg.backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
     if cfg.width_step <= 0 or cfg.calibration_networks < 0:
         raise ConfigError("width_step must be positive and calibration_networks non-negative")
-    backend = make_backend(cfg.backend, cfg.threads, cfg.convert_only)
-    backend.setup()
     spec = cfg.space.max_spec(cfg.num_classes, cfg.in_chans)
     rows = space_rows(cfg.space, cfg.num_classes, cfg.width_step)
+    if cfg.bundle:
+        return make_bundle(cfg, spec, rows)
+    backend = make_backend(cfg.backend, cfg.threads, cfg.convert_only)
+    backend.setup()
     if cfg.backend == "coreml" and cfg.convert_only:
         return coreml_check(cfg, rows)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     if cfg.recalibrate:
         return recalibrate(out, backend, cfg)
-    meta = {
-        "backend": backend.name,
-        "device": backend.device,
-        "versions": backend.versions,
-        "threads": cfg.threads,
-        "batch": cfg.batch,
-        "input_size": cfg.space.input_size,
-        "fingerprint": encode_fingerprint(fingerprint(spec, cfg.width_step)),
-    }
+    meta = {"backend": backend.name, "device": backend.device, "versions": backend.versions, **setting_meta(cfg, spec)}
     df = existing_rows(out, meta)
     done = set(map(tuple, df[KEY_COLUMNS].astype({"stage": int, "in_width": int, "width": int}).to_numpy().tolist()))
-    nets = [
-        Net(k, s)
-        for k, s in enumerate(
-            mixed_specs(
-                cfg.space, cfg.num_classes, cfg.calibration_networks, cfg.calibration_seed, cfg.width_step, spread=True
-            )
-        )
-    ]
+    nets = calibration_nets(cfg)
     todo = [r for r in rows if r.key not in done] + [n for n in nets if ("net", 3, n.index, 0) not in done]
     log.info(
         "LUT %s: %d rows and %d calibration networks for space %s at %d px (%s); %d already measured, %d to go",
@@ -137,14 +131,57 @@ def run(cfg: BuildLUTConfig) -> Path:
 
     if CALL_KEY not in done:
         todo.append(CALL)
-    from tqdm import tqdm
-
     with tqdm(total=len(todo), desc=f"measuring ({backend.name})", unit="item", dynamic_ncols=True) as bar:
         measure_items(todo, spec, backend, cfg.measure, cfg.batch, on_group, bar)
+    return finish(out)
+
+
+def setting_meta(cfg: BuildLUTConfig, spec) -> dict[str, object]:
+    """What every row records besides the backend and device: the settings a LUT is only valid for."""
+    fp = encode_fingerprint(fingerprint(spec, cfg.width_step))
+    return {"threads": cfg.threads, "batch": cfg.batch, "input_size": cfg.space.input_size, "fingerprint": fp}
+
+
+def calibration_nets(cfg: BuildLUTConfig) -> list[Net]:
+    n, seed = cfg.calibration_networks, cfg.calibration_seed
+    return [
+        Net(k, s) for k, s in enumerate(mixed_specs(cfg.space, cfg.num_classes, n, seed, cfg.width_step, spread=True))
+    ]
+
+
+def finish(out: Path) -> Path:
     table = LatencyTable.load(out)  # re-validate what was written, and fit the calibration
     log.info("wrote %s: %d rows, %s", out, len(table.df), table.describe())
     print(out)
     return out
+
+
+def make_bundle(cfg: BuildLUTConfig, spec, rows: list[Row]) -> Path:
+    """Export every item a local build would time into a device bundle (latency_lut/bundle.py); no timing here."""
+    if cfg.backend not in SUFFIX:
+        raise ConfigError(f"bundle= is for backend=onnxruntime or backend=coreml, not backend={cfg.backend}")
+    items = [*rows, *calibration_nets(cfg), CALL]
+    folder = Path(cfg.bundle)
+    torch.manual_seed(cfg.measure.seed)
+    with tqdm(total=len(rows) + len(items), desc=f"exporting ({cfg.backend})", unit="model") as bar:
+        write_bundle(folder, cfg.backend, items, spec, cfg.measure, cfg.batch, setting_meta(cfg, spec), bar)
+    print(
+        f"wrote bundle {folder}: copy it to the device, run `python measure.py` inside it (numpy and "
+        f"{'onnxruntime' if cfg.backend == 'onnxruntime' else 'coremltools on macOS'} only), copy it back, then "
+        f"`python -m nas.build_lut from_bundle={folder} out=lut.csv`"
+    )
+    return folder
+
+
+def import_bundle(folder: Path, out: Path) -> Path:
+    """A normal, calibrated, fingerprinted LUT from a bundle's timings (the device's name and runtime recorded)."""
+    if out.exists():
+        raise LUTError(f"out={out} exists; choose another out= (a measured LUT is never overwritten)")
+    _, meta, results = read_bundle(folder)
+    write_csv_atomic(
+        pd.DataFrame([table_row(item, stats, meta) for item, stats in results])[COLUMNS + OPTIONAL_COLUMNS], out
+    )
+    return finish(out)
 
 
 def recalibrate(out: Path, backend, cfg: BuildLUTConfig) -> Path:
@@ -183,8 +220,6 @@ def table_row(item: Row | Net, stats: dict[str, float], meta: dict[str, object])
 
 def coreml_check(cfg: BuildLUTConfig, rows: list[Row]) -> Path:
     """Convert every row's block with coremltools; write a report CSV and fail if any block does not convert."""
-    from tqdm import tqdm
-
     spec = cfg.space.max_spec(cfg.num_classes, cfg.in_chans)
     report = []
     for row in tqdm(rows, desc="coreml convert", unit="row"):

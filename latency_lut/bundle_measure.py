@@ -1,0 +1,175 @@
+"""Time a latency-table bundle on this device: `python measure.py` inside the bundle folder.
+
+Needs only numpy and the runtime named in manifest.json: onnxruntime, or coremltools on macOS. Not torch, and not
+the efficientvit-nas package: copy the bundle folder to the device (a phone's companion Mac, a Raspberry Pi, an
+Android board with Python) and run it there.
+
+    python measure.py                 # times every model; resumable: run it again after an interruption
+    python measure.py --threads 4     # override the thread count recorded in the manifest
+
+The method is efficientvit-nas's interleaved one. Models are timed in the groups the manifest lists (a layer row's
+two chains always together): each model of a group gets `warmup` untimed runs, then `rounds` rounds in which every
+model runs `runs_per_round` times back to back, in a freshly shuffled order each round. A chunk of groups is
+measured `passes` times, so that a slow period of the device biases one pass only. Each model's figure per pass is
+the `percentile` of its timings. Each finished chunk is appended to timings.csv at once (with the device's name and
+the runtime versions), so an interrupted run loses at most the chunk in flight and resumes after it.
+Back on the machine with efficientvit-nas: `python -m nas.build_lut from_bundle=DIR out=lut.csv`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+FIELDS = ["item", "pass", "ms", "p25_ms", "p75_ms", "runs", "device", "runtime", "threads"]
+
+
+def device_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        return f"{platform.machine()} macOS {platform.mac_ver()[0]}"
+    return platform.processor() or platform.machine()
+
+
+class OnnxRuntime:
+    def __init__(self, threads: int):
+        import onnxruntime as ort
+
+        self.ort, self.threads = ort, threads
+        self.version = f"onnxruntime={ort.__version__}"
+
+    def load(self, path: Path, feed: dict):
+        opts = self.ort.SessionOptions()
+        opts.intra_op_num_threads = max(self.threads, 0)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = self.ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return lambda: sess.run(None, feed)
+
+
+class CoreML:
+    def __init__(self, threads: int):
+        if sys.platform != "darwin":
+            sys.exit("error: CoreML models predict only on macOS; run this bundle's measure.py on a Mac")
+        import coremltools as ct
+
+        self.ct = ct
+        self.version = f"coremltools={ct.__version__}"
+
+    def load(self, path: Path, feed: dict):
+        model = self.ct.models.MLModel(str(path))
+        return lambda: model.predict(feed)
+
+
+def summarize(samples: list[float], percentile: float) -> dict:
+    import numpy as np
+
+    a = np.asarray(samples)
+    stats = {"ms": np.percentile(a, percentile), "p25_ms": np.percentile(a, 25), "p75_ms": np.percentile(a, 75)}
+    return {**{k: float(v) for k, v in stats.items()}, "runs": len(a)}
+
+
+def time_group(runners: dict, group: list[str], m: dict, rng: random.Random) -> dict[str, dict]:
+    """One interleaved measurement of a group: warm-up, then shuffled rounds of back-to-back runs."""
+    for name in group:
+        for _ in range(m["warmup"]):
+            runners[name]()
+    samples: dict[str, list[float]] = {name: [] for name in group}
+    order = list(group)
+    for _ in range(m["rounds"]):
+        rng.shuffle(order)
+        for name in order:
+            run = runners[name]
+            for _ in range(m["runs_per_round"]):
+                t0 = time.perf_counter()
+                run()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: summarize(s, m["percentile"]) for name, s in samples.items()}
+
+
+def done_items(path: Path, passes: int) -> set[str]:
+    """Items with all their passes in timings.csv already (a resumed run skips their chunks)."""
+    if not path.is_file():
+        return set()
+    counts: dict[str, int] = {}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            counts[row["item"]] = counts.get(row["item"], 0) + 1
+    return {k for k, n in counts.items() if n >= passes}
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, FIELDS)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def main() -> None:
+    import numpy as np
+
+    here = Path(__file__).resolve().parent
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", default=str(here), help="the bundle folder (default: this script's folder)")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: the manifest's)")
+    a = p.parse_args()
+    root = Path(a.bundle)
+    manifest = json.loads((root / "manifest.json").read_text())
+    m, threads = manifest["measure"], manifest["threads"] if a.threads is None else a.threads
+    runtime = (OnnxRuntime if manifest["runtime"] == "onnxruntime" else CoreML)(threads)
+    items = {it["id"]: it for it in manifest["items"]}
+    out = root / "timings.csv"
+    done = done_items(out, m["passes"])
+    chunks = [manifest["groups"][i : i + m["chunk"]] for i in range(0, len(manifest["groups"]), m["chunk"])]
+    todo = [c for c in chunks if not all(name in done for g in c for name in g)]
+    print(
+        f"{len(items)} models in {len(chunks)} chunks on {device_name()} ({runtime.version}, {threads} threads); "
+        f"{len(chunks) - len(todo)} chunks already in {out.name}",
+        flush=True,
+    )
+    rng = random.Random(m["seed"])
+    t_start = time.time()
+    for k, chunk in enumerate(todo):
+        runners = {}
+        for name in (n for g in chunk for n in g):
+            shape = items[name]["input"]["shape"]
+            feed = {items[name]["input"]["name"]: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
+            runners[name] = runtime.load(root / items[name]["file"], feed)
+        rows = []
+        for q in range(m["passes"]):
+            for group in chunk:
+                for name, st in time_group(runners, group, m, rng).items():
+                    rows.append(
+                        {
+                            "item": name,
+                            "pass": q,
+                            **st,
+                            "device": device_name(),
+                            "runtime": runtime.version,
+                            "threads": threads,
+                        }
+                    )
+        append_rows(out, rows)
+        eta = (time.time() - t_start) / (k + 1) * (len(todo) - k - 1)
+        print(f"chunk {k + 1}/{len(todo)} done, about {eta:.0f} s to go", flush=True)
+    print(f"timings of {len(items)} models in {out}")
+
+
+if __name__ == "__main__":
+    main()
