@@ -8,11 +8,11 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from latency_lut.bundle_measure import cpu_model
 from supernet.errors import UserError
 from supernet.formats import onnx_bytes, to_coreml
 
@@ -25,13 +25,8 @@ class BackendError(UserError):
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """This machine's CPU model: the same name a device bundle's standalone measure.py records."""
+    return cpu_model() or platform.processor() or platform.machine()
 
 
 class Backend:

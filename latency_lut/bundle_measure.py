@@ -31,16 +31,21 @@ from pathlib import Path
 FIELDS = ["item", "pass", "ms", "p25_ms", "p75_ms", "runs", "device", "runtime", "threads"]
 
 
-def device_name() -> str:
+def cpu_model() -> str | None:
+    """The CPU's model name on Linux (what latency_lut's own backends record too), else None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return None
+
+
+def device_name() -> str:
     if sys.platform == "darwin":
         return f"{platform.machine()} macOS {platform.mac_ver()[0]}"
-    return platform.processor() or platform.machine()
+    return cpu_model() or platform.processor() or platform.machine()
 
 
 class OnnxRuntime:
@@ -86,9 +91,11 @@ def time_group(runners: dict, group: list[str], m: dict, rng: random.Random) -> 
     for name in group:
         for _ in range(m["warmup"]):
             runners[name]()
+    import numpy as np
+
     samples: dict[str, list[float]] = {name: [] for name in group}
-    order = list(group)
-    for _ in range(m["rounds"]):
+    order, history = list(group), []
+    for r in range(m["rounds"]):
         rng.shuffle(order)
         for name in order:
             run = runners[name]
@@ -96,6 +103,11 @@ def time_group(runners: dict, group: list[str], m: dict, rng: random.Random) -> 
                 t0 = time.perf_counter()
                 run()
                 samples[name].append((time.perf_counter() - t0) * 1e3)
+        if m.get("min_rounds", 0) > 0:  # adaptive: stop once every model's figure has settled (see the manifest)
+            history.append(np.array([np.percentile(samples[n], m["percentile"]) for n in group]))
+            moved = [np.abs(history[-i] - history[-i - 1]) / history[-i] * 100 for i in (1, 2) if len(history) > i]
+            if r + 1 >= m["min_rounds"] and len(moved) == 2 and all((s < m["settle_pct"]).all() for s in moved):
+                break
     return {name: summarize(s, m["percentile"]) for name, s in samples.items()}
 
 

@@ -57,6 +57,9 @@ class MeasureConfig:
     passes: int = 3  # each group is measured this many times, separated in time by the other groups of its chunk:
     # a slow period of the machine then biases one pass, which the combination drops (see `combine_passes`)
     chunk: int = 8  # groups per chunk: passes run within a chunk, so a crash loses at most one chunk
+    min_rounds: int = 0  # > 0: adaptive. A group stops before `rounds` once it has run this many rounds and every
+    settle_pct: float = 1.0  # item's statistic moved by less than this % in each of the last two rounds (large
+    # networks, e.g. the l7 space at 224 px, settle fast; their builds would take hours at fixed round counts)
 
 
 @dataclass(frozen=True)
@@ -198,11 +201,31 @@ def measure_interleaved(
             run()
     samples: list[list[float]] = [[] for _ in items]
     order = list(range(len(items)))
-    for _ in range(cfg.rounds):
+    history: list[np.ndarray] = []
+    for r in range(cfg.rounds):
         rng.shuffle(order)
         for k in order:
             samples[k] += backend.time(runners[k], cfg.runs_per_round)
+        if cfg.min_rounds > 0:
+            history.append(np.array([np.percentile(s, cfg.percentile) for s in samples]))
+            if r + 1 >= cfg.min_rounds and settled(history, cfg.settle_pct):
+                break
     return [summarize(s, cfg.percentile) for s in samples]
+
+
+def settled(history: list[np.ndarray], pct: float) -> bool:
+    """Every item's statistic moved by less than `pct` % in each of the last two rounds.
+
+    >>> import numpy as np
+    >>> settled([np.array([1.0, 2.0]), np.array([1.001, 2.0]), np.array([1.0, 2.01])], 1.0)
+    True
+    >>> settled([np.array([1.0]), np.array([1.05]), np.array([1.05])], 1.0)
+    False
+    """
+    if len(history) < 3:
+        return False
+    steps = [np.abs(history[-i] - history[-i - 1]) / history[-i] * 100 for i in (1, 2)]
+    return bool(all((s < pct).all() for s in steps))
 
 
 def combine_passes(passes: list[dict[str, float]], whole: bool) -> dict[str, float]:

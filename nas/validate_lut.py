@@ -206,6 +206,8 @@ def action_frame(pairs: list[tuple], measured: dict[str, dict], table: LatencyTa
 
 def sign_stats(actions: pd.DataFrame) -> dict[str, float]:
     """Sign agreement of measured with predicted differences, among those above the rows' own spread."""
+    if actions.empty:  # action_pairs=0
+        return {"pairs": 0, "above_noise": 0, "sign_agree": np.nan}
     above = actions[actions["predicted_diff_ms"].abs() > actions["row_noise_ms"]]
     agree = np.sign(above["predicted_diff_ms"]) == np.sign(above["measured_diff_ms"])
     return {
@@ -240,6 +242,8 @@ def report(df: pd.DataFrame, figures: dict[str, dict[str, float]], table: Latenc
     lines.append(
         f"single-action differences: {a['pairs']} pairs, {a['above_noise']} predicted above the rows' spread, "
         f"measured sign agrees for {a['sign_agree'] * 100:.0f}%"
+        if a["pairs"]
+        else "single-action differences: none measured (action_pairs=0)"
     )
     lines.append("worst cases (predict):")
     worst = df.reindex(df["pct_err"].abs().sort_values(ascending=False).index).head(3)

@@ -477,3 +477,46 @@ def test_recalibrate_re_times_only_the_calibration_networks(tmp_path):
                 "build_lut", [*SMALL_SPACE, *FAST, f"out={tmp_path / 'none.csv'}", "recalibrate=true"], BuildLUTConfig
             )
         )
+
+
+def test_validation_without_action_pairs_has_no_sign_figures(tmp_path, capsys):
+    """action_pairs=0 (whole networks only, as for a large space) used to crash on the empty action table."""
+    import math
+
+    from nas.validate_lut import ValidateLUTConfig
+    from nas.validate_lut import run as validate
+
+    lut = tmp_path / "lut.csv"
+    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={lut}"], BuildLUTConfig))
+    over = [*SMALL_SPACE, *FAST[:-1], f"lut={lut}", "samples=4", "action_pairs=0"]
+    df = validate(compose("validate_lut", over, ValidateLUTConfig))
+    assert len(df) == 4 and df.attrs["actions"]["pairs"] == 0 and math.isnan(df.attrs["actions"]["sign_agree"])
+    assert "none measured (action_pairs=0)" in capsys.readouterr().out
+
+
+def test_adaptive_rounds_stop_once_settled_and_not_before():
+    """A backend whose timings never change settles after min_rounds (3 rounds give the two round-to-round
+    changes the rule needs); one whose timings keep drifting by 5% per round runs every round."""
+    import random
+
+    from latency_lut.backends import Backend
+    from latency_lut.measure import MeasureConfig, measure_interleaved
+
+    class Fake(Backend):
+        def __init__(self, step: float):
+            super().__init__(1)
+            self.t, self.step = 1.0, step
+
+        def time(self, runner, n):
+            self.t *= 1 + self.step
+            return [self.t] * n
+
+    cfg = MeasureConfig(warmup=0, rounds=20, runs_per_round=2, min_rounds=3, settle_pct=1.0)
+    steady = measure_interleaved(["a", "b"], lambda _: lambda: None, Fake(0.0), cfg, random.Random(0))
+    assert [s["runs"] for s in steady] == [6, 6]
+    drifting = measure_interleaved(["a", "b"], lambda _: lambda: None, Fake(0.05), cfg, random.Random(0))
+    assert [s["runs"] for s in drifting] == [40, 40]
+    fixed = MeasureConfig(warmup=0, rounds=20, runs_per_round=2)  # min_rounds=0: the fixed method
+    assert [
+        s["runs"] for s in measure_interleaved(["a"], lambda _: lambda: None, Fake(0.0), fixed, random.Random(0))
+    ] == [40]
