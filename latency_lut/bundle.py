@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from latency_lut.bundle_measure import FIELDS
 from latency_lut.measure import CALL, Chain, Item, MeasureConfig, Net, item_module, plan_groups, results_of
 from latency_lut.table import LUTError, Row, decode_stages, encode_stages
 from supernet.arch import ArchSpec
@@ -131,7 +132,7 @@ def read_timings(folder: Path, manifest: dict[str, Any]) -> pd.DataFrame:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise LUTError(f"{path}: not a readable CSV ({' '.join(str(e).split())[:120]})") from None
-    need = {"item", "pass", "ms", "p25_ms", "p75_ms", "runs", "device", "runtime", "threads"}
+    need = set(FIELDS)
     if not need <= set(df.columns):
         raise LUTError(f"{path}: missing columns {sorted(need - set(df.columns))}")
     passes = int(manifest["measure"]["passes"])

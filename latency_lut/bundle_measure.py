@@ -86,6 +86,24 @@ def summarize(samples: list[float], percentile: float) -> dict:
     return {**{k: float(v) for k, v in stats.items()}, "runs": len(a)}
 
 
+def settled(history: list, pct: float) -> bool:
+    """Every item's statistic moved by less than `pct` % in each of the last two rounds: the adaptive-rounds rule,
+    here so that this script and latency_lut.measure apply the same one.
+
+    >>> import numpy as np
+    >>> settled([np.array([1.0, 2.0]), np.array([1.001, 2.0]), np.array([1.0, 2.01])], 1.0)
+    True
+    >>> settled([np.array([1.0]), np.array([1.05]), np.array([1.05])], 1.0)
+    False
+    """
+    import numpy as np
+
+    if len(history) < 3:
+        return False
+    steps = [np.abs(history[-i] - history[-i - 1]) / history[-i] * 100 for i in (1, 2)]
+    return bool(all((s < pct).all() for s in steps))
+
+
 def time_group(runners: dict, group: list[str], m: dict, rng: random.Random) -> dict[str, dict]:
     """One interleaved measurement of a group: warm-up, then shuffled rounds of back-to-back runs."""
     for name in group:
@@ -105,8 +123,7 @@ def time_group(runners: dict, group: list[str], m: dict, rng: random.Random) -> 
                 samples[name].append((time.perf_counter() - t0) * 1e3)
         if m.get("min_rounds", 0) > 0:  # adaptive: stop once every model's figure has settled (see the manifest)
             history.append(np.array([np.percentile(samples[n], m["percentile"]) for n in group]))
-            moved = [np.abs(history[-i] - history[-i - 1]) / history[-i] * 100 for i in (1, 2) if len(history) > i]
-            if r + 1 >= m["min_rounds"] and len(moved) == 2 and all((s < m["settle_pct"]).all() for s in moved):
+            if r + 1 >= m["min_rounds"] and settled(history, m["settle_pct"]):
                 break
     return {name: summarize(s, m["percentile"]) for name, s in samples.items()}
 
@@ -150,8 +167,9 @@ def main() -> None:
     done = done_items(out, m["passes"])
     chunks = [manifest["groups"][i : i + m["chunk"]] for i in range(0, len(manifest["groups"]), m["chunk"])]
     todo = [c for c in chunks if not all(name in done for g in c for name in g)]
+    device = device_name()
     print(
-        f"{len(items)} models in {len(chunks)} chunks on {device_name()} ({runtime.version}, {threads} threads); "
+        f"{len(items)} models in {len(chunks)} chunks on {device} ({runtime.version}, {threads} threads); "
         f"{len(chunks) - len(todo)} chunks already in {out.name}",
         flush=True,
     )
@@ -172,7 +190,7 @@ def main() -> None:
                             "item": name,
                             "pass": q,
                             **st,
-                            "device": device_name(),
+                            "device": device,
                             "runtime": runtime.version,
                             "threads": threads,
                         }

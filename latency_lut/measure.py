@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from latency_lut.backends import Backend, Runner
+from latency_lut.bundle_measure import settled
 from latency_lut.table import Row
 from supernet.arch import ArchSpec, StageSpec
 from supernet.model import build_model, layer_plan
@@ -211,21 +212,6 @@ def measure_interleaved(
             if r + 1 >= cfg.min_rounds and settled(history, cfg.settle_pct):
                 break
     return [summarize(s, cfg.percentile) for s in samples]
-
-
-def settled(history: list[np.ndarray], pct: float) -> bool:
-    """Every item's statistic moved by less than `pct` % in each of the last two rounds.
-
-    >>> import numpy as np
-    >>> settled([np.array([1.0, 2.0]), np.array([1.001, 2.0]), np.array([1.0, 2.01])], 1.0)
-    True
-    >>> settled([np.array([1.0]), np.array([1.05]), np.array([1.05])], 1.0)
-    False
-    """
-    if len(history) < 3:
-        return False
-    steps = [np.abs(history[-i] - history[-i - 1]) / history[-i] * 100 for i in (1, 2)]
-    return bool(all((s < pct).all() for s in steps))
 
 
 def combine_passes(passes: list[dict[str, float]], whole: bool) -> dict[str, float]:
