@@ -18,7 +18,7 @@ def save_figure(fig, path: Path) -> None:
 
 
 def plot_importance(metrics: list[dict[str, float]], path: Path) -> None:
-    """Stage importance scores (sum over MetaPaths of (p3D+p4D)/pI) against epoch, plus val accuracy."""
+    """Stage importance (log of the sum over MetaPaths of (p3D+p4D)/pI) against epoch, plus val accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,7 +28,7 @@ def plot_importance(metrics: list[dict[str, float]], path: Path) -> None:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for i in range(1, 5):
         ax.plot(epochs, [m[f"score_stage{i}"] for m in metrics], marker="o", label=f"stage {i}")
-    ax.set(xlabel="epoch", ylabel="importance score (sum over MetaPaths)", title="Stage importance", yscale="log")
+    ax.set(xlabel="epoch", ylabel="log importance (log-sum of MetaPath odds)", title="Stage importance")
     ax.legend()
     ax2.plot(epochs, [m["val_acc"] for m in metrics], marker="o", label="val acc")
     ax2.plot(epochs, [m["train_acc"] for m in metrics], marker="o", label="train acc")

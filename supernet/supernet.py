@@ -181,12 +181,19 @@ class SuperNet(EfficientViT):
 
     @torch.no_grad()
     def importance(self) -> tuple[list[list[float]], list[float]]:
-        """Section 4.2: per MetaPath p4D/pI in stages 1-2 and (p3D+p4D)/pI in stages 3-4; per stage, their sum."""
-        paths = []
-        for p, opts in zip(self.probabilities(), self.stage_choices):
-            keep = p[:, [opts.index(c) for c in opts if c != "id"]].sum(-1)
-            paths.append((keep / p[:, opts.index("id")]).tolist())
-        return paths, [sum(s) for s in paths]
+        """Section 4.2 in log space. Per MetaPath the log-odds of keeping it, log(p4D/pI) in stages 1-2 and
+        log((p3D+p4D)/pI) in stages 3-4, computed from alpha as logsumexp(alpha_keep) - alpha_I so that it never
+        overflows (the plain ratio is inf in float32 once an alpha gap passes ~88). Per stage, the log of the
+        paper's sum of ratios over *all* of its MetaPaths (logsumexp of their log-odds): a stage's importance does
+        not change when the search empties it."""
+        paths, stages = [], []
+        for a, opts in zip(self.alphas, self.stage_choices):
+            a = a.detach().double()
+            keep = torch.logsumexp(a[:, [opts.index(c) for c in opts if c != "id"]], dim=-1)
+            log_odds = keep - a[:, opts.index("id")]
+            paths.append(log_odds.tolist())
+            stages.append(torch.logsumexp(log_odds, dim=0).item() if len(log_odds) else -math.inf)
+        return paths, stages
 
     @torch.no_grad()
     def alpha_entropy(self) -> float:

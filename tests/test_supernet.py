@@ -63,11 +63,26 @@ def test_importance_formulas_on_hand_set_alpha():
         for a, p in zip(net.alphas, probs):
             a.copy_(torch.tensor(p).log() + 3.0)  # softmax is shift-invariant
     per_path, per_stage = net.importance()
-    expected = [[1.5, 0.25], [1.0], [1.0, 0.25, 9.0], [1.5, 1 / 7]]
+    expected = [[1.5, 0.25], [1.0], [1.0, 0.25, 9.0], [1.5, 1 / 7]]  # the paper's ratios; importance is their log
     for got, exp in zip(per_path, expected):
-        assert got == pytest.approx(exp, rel=1e-5)
-    assert per_stage == pytest.approx([1.75, 1.0, 10.25, 1.5 + 1 / 7], rel=1e-5)
+        assert got == pytest.approx([math.log(e) for e in exp], rel=1e-5, abs=1e-6)
+    sums = [1.75, 1.0, 10.25, 1.5 + 1 / 7]  # per stage, the sum of ratios over all its MetaPaths
+    assert per_stage == pytest.approx([math.log(v) for v in sums], rel=1e-5, abs=1e-6)
     assert net.alpha_entropy() < math.log(3)
+
+
+def test_importance_does_not_overflow_where_the_plain_ratio_does():
+    """Defect 3 of #13: p_keep / p_I in float32 is inf once an alpha gap passes ~88, so rankings fell to
+    tie-breaks. Log-odds keep the order: a gap of 200 ranks above a gap of 100."""
+    net = SuperNet(SMALL, num_classes=10)
+    with torch.no_grad():
+        net.alphas[0].copy_(torch.tensor([[100.0, 0.0], [200.0, 0.0]]))
+    p = torch.softmax(net.alphas[0].float(), -1)
+    assert torch.isinf(p[:, 0] / p[:, 1]).all()  # the old formula: both inf, a tie
+    per_path, per_stage = net.importance()
+    assert per_path[0] == pytest.approx([100.0, 200.0])
+    assert per_stage[0] == pytest.approx(200.0)  # log(e^100 + e^200)
+    assert all(math.isfinite(v) for s in per_path for v in s)
 
 
 def test_derive_keeps_mb3d_a_suffix_with_the_most_likely_assignment():
