@@ -31,6 +31,7 @@ fingerprint is refused, naming the field.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,11 @@ class LatencyTable:
             (r.kind, int(r.stage), int(r.in_width), int(r.width)): float(r.p75_ms - r.p25_ms)
             for r in layers.itertuples()
         }
+        self._se: dict[Key, float] = {
+            (r.kind, int(r.stage), int(r.in_width), int(r.width)): float(r.p75_ms - r.p25_ms)
+            / math.sqrt(max(int(r.runs), 1))
+            for r in layers.itertuples()
+        }
         first = self.df.iloc[0]
         self.meta: dict[str, Any] = {
             c: (first[c].item() if hasattr(first[c], "item") else first[c]) for c in META_COLUMNS
@@ -291,6 +297,19 @@ class LatencyTable:
         ka, kb = Counter(r.key for r in spec_rows(a)), Counter(r.key for r in spec_rows(b))
         diff = (ka - kb) + (kb - ka)
         return float(sum(self._spread[k] * n for k, n in diff.items()))
+
+    def difference_se(self, a: ArchSpec, b: ArchSpec) -> float:
+        """The standard error of `predict(a) - predict(b)`, from the rows in which they differ. A row's statistic
+        (the 25th percentile of its `runs` samples) has a standard error of about (p75 - p25) / sqrt(runs): the
+        normal approximation of a quantile's error, 1.36 sigma / sqrt(n), with sigma = IQR / 1.349. A row used n
+        times counts n times (one measurement), distinct rows add in quadrature, and the calibration scales it.
+        The slimmer's floor on a saving is a multiple of this: a smaller saving is indistinguishable from noise."""
+        from collections import Counter
+
+        ka, kb = Counter(r.key for r in spec_rows(a)), Counter(r.key for r in spec_rows(b))
+        diff = (ka - kb) + (kb - ka)
+        se = math.sqrt(sum((self._se[k] * n) ** 2 for k, n in diff.items()))
+        return se * (self.calibration.scale if self.calibration is not None else 1.0)
 
     def local_backend(self) -> tuple[Any, str]:
         """(the table's backend with its settings, set up, "") if it runs on this machine and this is the device it
