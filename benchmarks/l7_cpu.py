@@ -157,7 +157,7 @@ def part_slim(a: argparse.Namespace) -> None:
     start = SlimState(net.derive(include_identity=False), tuple(space.widths))
     targets = [round(latency(start) * f, 2) for f in a.fractions]
     t0 = time.time()
-    traj = Slimmer(latency, timed_eval, net.importance()[0]).run(start, min(targets))
+    traj = Slimmer(latency, timed_eval, *net.importance()).run(start, targets)
     log_result(
         "slim",
         f"fresh l7 supernet, synthetic 224 px data ({a.val_images} val images, {len(bn)} BN batch of {a.batch}), "

@@ -4,10 +4,13 @@
     python -m nas.slim --target-ms 0.6 0.8 1.0 --supernet runs/supernet/X/supernet.pt --lut luts/tiny.csv --out D
     python -m nas.slim --target-ms 1.0 val_images=1000 bn_batches=2 mb3d_action=mb4d   # hydra overrides
     python -m nas.slim --target-ms 1.0 0.8 --verify           # measure what is emitted; keep the target measured
+    python -m nas.slim --target-ms 1.0 method=paper           # the paper's rule (Section 4.2, defects fixed)
 
-One slimming trajectory serves every target: each target's config is the first state at or below it. Latency
-comes from the LUT's (calibrated) prediction, accuracy from the supernet restricted to each candidate (its
-weights physically sliced, BN statistics re-estimated on training batches) on the held-out validation split.
+One slimming trajectory serves every target: each target's config is the first state at or below it, then (with
+`method=default`) refilled with the latency left under the target (nas/search/slimmer.py explains both rule
+sets). Latency comes from the LUT's (calibrated) prediction, quality from the supernet restricted to each
+candidate (its weights physically sliced, BN statistics re-estimated on training batches): its cross-entropy on
+the held-out validation split, with top-1 reported beside it.
 
 `--verify` measures each emitted architecture (the whole fused network, in interleaved rounds) on the LUT's
 backend and settings, when that backend runs on this machine. A state that measures above its target is passed
@@ -42,7 +45,7 @@ from nas.search.bounds import min_latency
 from nas.search.evaluator import SubnetEvaluator, cached_batches
 from nas.search.loading import check_lut_covers, load_supernet, supernet_data_config
 from nas.search.report import emitted_meta, publish, summary_table, target_dirname, trajectory_frame, write_target
-from nas.search.slimmer import Slimmer
+from nas.search.slimmer import METHODS, Slimmer
 from nas.search.state import SlimState, Step, UnreachableTarget, first_at_or_below
 from nas.search.verify import Verified, verify_backend, verify_targets
 from supernet.errors import UserError
@@ -63,6 +66,7 @@ class SlimConfig:
     batch_size: int = 250
     width_step: int = 16
     mb3d_action: str = "identity"  # what "remove the first MB3D" does: identity (drop it) or mb4d (replace it)
+    method: str = "default"  # default | paper: the rule set (nas.search.slimmer.METHODS)
     threads: int = 2
     seed: int = 0
     overwrite: bool = False  # allow writing into an --out that already holds slimming results
@@ -111,6 +115,8 @@ def check_config(cfg: SlimConfig) -> list[float]:
     """The targets, largest first; a config the search cannot run is refused before anything loads."""
     if cfg.mb3d_action not in ("identity", "mb4d"):
         raise ConfigError(f"mb3d_action={cfg.mb3d_action!r}; choose identity or mb4d")
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method={cfg.method!r}; choose one of {', '.join(METHODS)}")
     return validate_targets(list(cfg.target_ms))
 
 
@@ -134,13 +140,14 @@ def output_dir(cfg: SlimConfig) -> Path:
 def progress_reporter(bar: tqdm):
     def on_step(s: Step) -> None:
         bar.update(1)
-        bar.set_postfix(ms=f"{s.latency_ms:.3f}", acc=f"{s.val_acc:.4f}", evals=s.evaluations)
+        bar.set_postfix(ms=f"{s.latency_ms:.3f}", loss=f"{s.val_loss:.4f}", evals=s.evaluations)
         log.info(
-            "step %2d %-12s %-18s -> %.4f ms  val_acc %.4f  score %+.3g %%/ms",
+            "step %2d %-12s %-18s -> %.4f ms  val_loss %.4f  val_acc %.4f  score %.3g /ms",
             s.step,
             s.action,
             s.where,
             s.latency_ms,
+            s.val_loss,
             s.val_acc,
             s.score,
         )
@@ -150,24 +157,41 @@ def progress_reporter(bar: tqdm):
 
 def search(
     cfg: SlimConfig, targets: list[float], net: SuperNet, table: LatencyTable, evaluator: SubnetEvaluator
-) -> tuple[list[Step], dict[float, Verified], Slimmer]:
-    """One slimming trajectory down to the smallest target; with `verify`, each target's measured state."""
+) -> tuple[list[Step], dict[float, list[Step]], dict[float, Verified], Slimmer]:
+    """One slimming trajectory down to the smallest target; per target, the refill steps after its first state
+    at or below it; with `verify`, each target's measured state."""
 
     def latency(state: SlimState) -> float:
         return table.predict(net.spec_of(state.choices, state.widths))
 
-    path_scores, _ = net.importance()
+    def saving_se(a: SlimState, b: SlimState) -> float:
+        return table.difference_se(net.spec_of(a.choices, a.widths), net.spec_of(b.choices, b.widths))
+
+    path_scores, stage_scores = net.importance()
+    rules = METHODS[cfg.method]
     mb3d_to = "id" if cfg.mb3d_action == "identity" else "4d"
-    with tqdm(desc="slimming", unit="step", dynamic_ncols=True) as bar:
-        slimmer = Slimmer(latency, evaluator, path_scores, cfg.width_step, mb3d_to, progress_reporter(bar))
+    with tqdm(desc=f"slimming ({cfg.method})", unit="step", dynamic_ncols=True) as bar:
+        slimmer = Slimmer(
+            latency,
+            evaluator,
+            path_scores,
+            stage_scores,
+            rules,
+            saving_se,
+            cfg.width_step,
+            mb3d_to,
+            progress_reporter(bar),
+        )
         start = SlimState(net.derive(include_identity=False), tuple(net.space.widths))
-        traj = slimmer.run(start, min(targets))
+        traj = slimmer.run(start, targets)
+        refills = {t: slimmer.refill(first_at_or_below(traj, t), t, start) if rules.refill else [] for t in targets}
         backend = verify_backend(table) if cfg.verify else None
         verified = {}
         if backend is not None:
             batch = int(table.meta["batch"])
-            verified = verify_targets(traj, targets, slimmer, net, backend, cfg.measure, batch, cfg.seed)
-    return traj, verified, slimmer
+            firsts = {t: r[-1] for t, r in refills.items() if r}
+            verified = verify_targets(traj, targets, slimmer, net, backend, cfg.measure, batch, cfg.seed, firsts)
+    return traj, refills, verified, slimmer
 
 
 def write_outputs(
@@ -175,6 +199,7 @@ def write_outputs(
     out: Path,
     targets: list[float],
     traj: list[Step],
+    refills: dict[float, list[Step]],
     verified: dict[float, Verified],
     ctx: dict[str, Any],
 ) -> list[dict[str, Any]]:
@@ -188,8 +213,12 @@ def write_outputs(
     rows = []
     try:
         for t in targets:
-            step = verified[t].step if t in verified else first_at_or_below(traj, t)
-            measured = verified[t].measured_ms if t in verified else None
+            if t in verified:
+                step, measured = verified[t].step, verified[t].measured_ms
+            else:
+                step, measured = (refills[t] or [first_at_or_below(traj, t)])[-1], None
+            done = refills[t]
+            moves = [f"{x.action} {x.where}" for x in done[: done.index(step) + 1]] if step in done else []
             if step.step == 0:
                 log.info(
                     "target %g ms is at or above the starting latency %.4g ms: emitting the unslimmed architecture",
@@ -198,12 +227,14 @@ def write_outputs(
                 )
             spec = net.spec_of(step.state.choices, step.state.widths)
             meta = emitted_meta(step, spec, t, table, ctx["sn_path"], measured)
+            meta.update(method=cfg.method, refill=moves)
             write_target(staging / target_dirname(t), step, spec, evaluator.model(step.state), meta)
             rows.append(
                 {
                     "target": t,
                     "predicted": step.latency_ms,
                     "measured": measured,
+                    "loss": step.val_loss,
                     "acc": step.val_acc,
                     "step": step.step,
                     "arch": step.state.describe(),
@@ -234,10 +265,10 @@ def run(cfg: SlimConfig) -> Path:
     val, bn = cached_batches(supernet_data_config(ckpt), cfg.val_images, cfg.bn_batches, cfg.batch_size, cfg.seed)
     evaluator = SubnetEvaluator(net, val, bn)
     t0 = time.time()
-    traj, verified, slimmer = search(cfg, targets, net, table, evaluator)
+    traj, refills, verified, slimmer = search(cfg, targets, net, table, evaluator)
     wall = time.time() - t0
     ctx = {"net": net, "sn_path": sn_path, "table": table, "evaluator": evaluator}
-    rows = write_outputs(cfg, out, targets, traj, verified, ctx)
+    rows = write_outputs(cfg, out, targets, traj, refills, verified, ctx)
     print(summary_table(rows))
     print(f"{len(traj) - 1} steps, {slimmer.evaluations} evaluations, {wall:.1f} s; outputs in {out}")
     return out

@@ -1,5 +1,6 @@
 import itertools
 
+from nas.search.evaluator import Score
 from nas.search.evolution import Evolution, EvolutionConfig, repair
 from nas.search.state import SlimState
 
@@ -19,6 +20,10 @@ def accuracy(s: SlimState) -> float:  # MB3D helps, width helps, stage 2 is wort
         for c in st
         if c != "id"
     )
+
+
+def score(s: SlimState) -> Score:  # the searches minimise the loss: here, minus the accuracy above
+    return Score(-accuracy(s), 0.0)
 
 
 def all_states():
@@ -42,20 +47,28 @@ def test_evolution_respects_budget_target_and_suffix_and_beats_random_at_equal_b
     found, random_best = [], []
     for seed in range(8):
         evo = Evolution(
-            latency, accuracy, CHOICES, DEPTHS, WIDTHS, EvolutionConfig(population=6, seed=seed, max_tries=300)
+            latency, score, CHOICES, DEPTHS, WIDTHS, EvolutionConfig(population=6, seed=seed, max_tries=300)
         )
-        best, acc = evo.run(target, budget=budget)
+        best, sc = evo.run(target, budget=budget)
+        acc = -sc.loss
         assert latency(best) <= target and len(evo.scores) <= budget
         assert all(latency(s) <= target for s in evo.scores)
         assert all(repair(s.choices) == s.choices for s in evo.scores)
-        assert acc == accuracy(best) == max(evo.scores.values())
+        assert acc == accuracy(best) == max(-v.loss for v in evo.scores.values())
         found.append(acc)
         random_best.append(max(accuracy(s) for s in random.Random(seed).sample(feasible, budget)))
     assert sum(a == optimum for a in found) >= 6  # measured: 8 of 8 seeds (random search: 1 of 8)
     assert sum(found) / len(found) > sum(random_best) / len(random_best)
 
 
+def test_random_search_samples_the_window_under_the_target_within_budget():
+    evo = Evolution(latency, score, CHOICES, DEPTHS, WIDTHS, EvolutionConfig(seed=0, max_tries=300))
+    best, sc = evo.random_search(0.9, budget=30, low_fraction=0.8)
+    assert len(evo.scores) == 30 and all(0.72 <= latency(s) <= 0.9 for s in evo.scores)
+    assert sc.loss == min(v.loss for v in evo.scores.values()) == -accuracy(best)
+
+
 def test_evolution_small_budget_is_honoured():
-    evo = Evolution(latency, accuracy, CHOICES, DEPTHS, WIDTHS, EvolutionConfig(population=8, seed=0))
+    evo = Evolution(latency, score, CHOICES, DEPTHS, WIDTHS, EvolutionConfig(population=8, seed=0))
     evo.run(0.9, budget=5)
     assert len(evo.scores) == 5

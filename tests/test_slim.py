@@ -3,6 +3,7 @@
 import logging
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -16,10 +17,10 @@ from nas.build_lut import run as build_lut
 from nas.checkpoint import CheckpointError
 from nas.config import ConfigError, compose
 from nas.data import DataConfig, build_datasets
-from nas.search.evaluator import evaluate
+from nas.search.evaluator import Score, evaluate
 from nas.search.loading import load_weights
-from nas.search.slimmer import Slimmer, drop_least_important_path, narrow_least_important_stage, remove_first_mb3d
-from nas.search.state import SlimState, UnreachableTarget
+from nas.search.slimmer import METHODS, Slimmer, drop_path_candidates, narrow_stage_candidates, remove_first_mb3d
+from nas.search.state import SlimState, Step, UnreachableTarget
 from nas.slim import SlimConfig
 from nas.slim import run as slim
 from supernet import build_model
@@ -32,19 +33,20 @@ SCORES = [[3.0, 0.5], [9.0], [4.0, 2.0, 7.0], [1.0, 6.0]]
 
 
 # ------------------------------------------------------------------------------------------- actions
-def test_drop_path_takes_the_least_important_active_metapath():
-    c = drop_least_important_path(S, SCORES)
-    assert c.state.choices[0] == ("4d", "id") and c.where == "stage1.path2" and c.state.widths == S.widths
-    c2 = drop_least_important_path(c.state, SCORES)  # the dropped path no longer competes
-    assert c2.state.choices[3] == ("id", "3d")
+def test_drop_path_ranks_active_metapaths_least_important_first():
+    cands = drop_path_candidates(S, SCORES)
+    assert [c.where for c in cands[:3]] == ["stage1.path2", "stage4.path1", "stage3.path2"]
+    assert cands[0].state.choices[0] == ("4d", "id") and cands[0].state.widths == S.widths
+    after = drop_path_candidates(cands[0].state, SCORES)  # the dropped path no longer competes
+    assert after[0].state.choices[3] == ("id", "3d") and len(after) == len(cands) - 1
     one = SlimState((("4d",), (), (), ()), (16, 16, 16, 16))
-    assert drop_least_important_path(one, [[1.0], [], [], []]) is None  # never empties the network
+    assert drop_path_candidates(one, [[1.0], [], [], []]) == []  # never empties the network
 
 
 def test_remove_first_mb3d_in_network_order():
-    c = remove_first_mb3d(S)
+    (c,) = remove_first_mb3d(S)
     assert c.state.choices[2] == ("4d", "id", "3d") and c.state.choices[3] == ("3d", "3d")
-    c4 = remove_first_mb3d(S, to="4d")
+    (c4,) = remove_first_mb3d(S, to="4d")
     assert c4.state.choices[2] == ("4d", "4d", "3d")
     ArchSpec.from_dict(
         {
@@ -53,16 +55,35 @@ def test_remove_first_mb3d_in_network_order():
             ]
         }
     )  # still a valid suffix
-    assert remove_first_mb3d(SlimState((("4d",), ("4d",), ("4d",), ("4d",)), (16,) * 4)) is None
+    assert remove_first_mb3d(SlimState((("4d",), ("4d",), ("4d",), ("4d",)), (16,) * 4)) == []
 
 
-def test_narrow_least_important_stage():
-    # stage sums of active paths: 3.5, 9, 13, 7 -> stage 1 is least important
-    c = narrow_least_important_stage(S, SCORES)
-    assert c.state.widths == (16, 32, 48, 64) and c.where == "stage1: 32->16"
-    # stage 1 cannot go below 16: the next least important (stage 4, 7.0) narrows
-    c2 = narrow_least_important_stage(c.state, SCORES)
-    assert c2.state.widths == (16, 32, 48, 48)
+def test_narrow_ranks_stages_by_importance_and_skips_the_narrowest():
+    c = narrow_stage_candidates(S, [3.0, 9.0, 13.0, 7.0])
+    assert [x.where for x in c] == ["stage1: 32->16", "stage4: 64->48", "stage2: 32->16", "stage3: 48->32"]
+    c2 = narrow_stage_candidates(c[0].state, [3.0, 9.0, 13.0, 7.0])  # stage 1 cannot go below 16
+    assert c2[0].state.widths == (16, 32, 48, 48)
+
+
+def test_an_emptied_stage_keeps_its_importance_and_is_not_narrowed_over_and_over():
+    """Defect 1 of #13: summing importance over a stage's *active* MetaPaths scored an emptied stage 0, so it was
+    narrowed again and again. The paper's stage importance (over all its MetaPaths) ranks it by its alpha."""
+    from supernet.supernet import SuperNet
+    from tests.test_supernet import SMALL as SPACE
+
+    net = SuperNet(SPACE, num_classes=10)
+    with torch.no_grad():  # stage 3 is the most important; stage 2 the least
+        for a, v in zip(net.alphas, [3.0, 1.0, 6.0, 4.0]):
+            a.zero_()
+            a[:, 0] = v
+    paths, stages = net.importance()
+    full = SlimState(net.derive(), tuple(SPACE.widths))
+    emptied = replace(full, choices=(full.choices[0], full.choices[1], ("id",) * 3, full.choices[3]))
+    order = [c.where.split(":")[0] for c in narrow_stage_candidates(emptied, stages)]
+    assert order[0] == "stage2" and order[-1] == "stage3"
+    # the old rule, for contrast: the emptied stage summed to 0 and came first
+    active_sum = [sum(p for p, c in zip(ps, ch) if c != "id") for ps, ch in zip(paths, emptied.choices)]
+    assert narrow_stage_candidates(emptied, active_sum)[0].where.startswith("stage3")
 
 
 def test_importance_ordering_from_hand_set_alpha_drives_the_drop_order():
@@ -79,40 +100,162 @@ def test_importance_ordering_from_hand_set_alpha_drives_the_drop_order():
     state = SlimState(net.derive(), tuple(SPACE.widths))
     order = []
     for _ in range(3):
-        c = drop_least_important_path(state, scores)
+        c = drop_path_candidates(state, scores)[0]
         order.append(c.where)
         state = c.state
     assert order == ["stage3.path3", "stage3.path2", "stage3.path1"]
 
 
-def test_slimmer_applies_the_lowest_drop_per_ms_with_mocked_scores():
-    """Mocked latency/accuracy: the action with the lowest accuracy drop per ms wins, a gain beats any drop."""
-    start = SlimState((("4d", "4d"), ("4d",), ("3d",), ("3d",)), (32, 32, 32, 32))
-    scores = [[1.0, 2.0], [3.5], [4.0], [5.0]]
+# ------------------------------------------------------------------------------------------- the slimmer
+START = SlimState((("4d", "4d"), ("4d",), ("3d",), ("3d",)), (32, 32, 32, 32))
+PATHS, STAGES = [[1.0, 2.0], [3.5], [4.0], [5.0]], [2.0, 3.5, 4.0, 5.0]
 
-    def latency(s):  # each block costs 1 ms, each channel-step of 16 costs 0.5 ms
-        return s.num_blocks * 1.0 + sum(w // 16 for w in s.widths) * 0.5
 
+def block_latency(s: SlimState) -> float:  # each block costs 1 ms, each channel-step of 16 costs 0.5 ms
+    return s.num_blocks * 1.0 + sum(w // 16 for w in s.widths) * 0.5
+
+
+def from_acc(acc):
+    """A mocked evaluator from an accuracy function: loss = 1 - accuracy (what the slimmer minimises)."""
+    return lambda s: Score(1.0 - acc(s), acc(s))
+
+
+def test_paper_slimmer_applies_the_lowest_loss_rise_per_ms_with_mocked_scores():
     def accuracy(s):
         acc = 0.90
-        acc -= 0.004 * (2 - sum(c != "id" for c in s.choices[0]))  # dropping a stage-1 path: 0.4 %/1 ms
-        acc -= 0.030 * (sum(c == "3d" for c in s.choices[2] + s.choices[3]) < 2)  # removing MB3D: 3 %/ms
-        acc += 0.001 * (s.widths[0] == 16)  # narrowing stage 1 *improves* accuracy: negative score
-        acc -= 0.02 * sum(w < 32 for w in s.widths[1:])  # narrowing any other stage: 4 %/ms
+        acc -= 0.004 * (2 - sum(c != "id" for c in s.choices[0]))  # dropping a stage-1 path: 0.004 per 1 ms
+        acc -= 0.030 * (sum(c == "3d" for c in s.choices[2] + s.choices[3]) < 2)  # removing MB3D: 0.03 per ms
+        acc += 0.001 * (s.widths[0] == 16)  # narrowing stage 1 *improves* accuracy: free
+        acc -= 0.02 * sum(w < 32 for w in s.widths[1:])  # narrowing any other stage: 0.04 per ms
         return acc
 
-    slimmer = Slimmer(latency, accuracy, scores)
-    traj = slimmer.run(start, target_ms=latency(start) - 2.2)
+    slimmer = Slimmer(block_latency, from_acc(accuracy), PATHS, STAGES, METHODS["paper"])
+    target = block_latency(START) - 2.2
+    traj = slimmer.run(START, target)
     assert [t.action for t in traj] == ["start", "narrow_stage", "drop_path", "drop_path"]
-    assert traj[1].score < 0 and traj[2].score == pytest.approx(0.4)
-    assert traj[-1].latency_ms <= latency(start) - 2.2
+    assert traj[1].score == 0 and traj[2].score == pytest.approx(0.004)
+    assert traj[-1].latency_ms <= target and traj[1].val_loss == pytest.approx(1 - 0.901)
     assert all(a.latency_ms > b.latency_ms for a, b in zip(traj, traj[1:]))  # latency only decreases
+    assert slimmer.evaluations == len({s.state for s in traj}) + 2 * 3  # 3 candidates per step, one per action
+
+
+def test_a_tiny_saving_with_a_gain_no_longer_beats_a_large_one():
+    """Defect 2 of #13: (acc - c_acc) / saved made a 0.05-point gain for 0.01 ms beat the same gain for 0.5 ms.
+    An action that does not raise the loss is free; among free actions the larger saving wins."""
+    start = SlimState((("4d", "4d"), (), (), ()), (32, 16, 16, 16))
+
+    def latency(s):  # dropping stage1.path1 saves 0.01 ms; narrowing stage 1 saves 0.5 ms
+        return 1.0 + 0.01 * (s.choices[0][0] != "id") + 0.5 * (s.widths[0] == 32)
+
+    def evaluate(s):  # either action lowers the loss by the same 0.0005
+        return Score(0.3 - 0.0005 * ((s.choices[0][0] == "id") + (s.widths[0] == 16)), 0.9)
+
+    traj = Slimmer(latency, evaluate, [[1.0, 2.0], [], [], []], [1.0, 0.0, 0.0, 0.0], METHODS["paper"]).run(start, 1.2)
+    assert traj[1].action == "narrow_stage" and traj[1].latency_ms == pytest.approx(1.01)
+    assert -0.0005 / 0.01 < -0.0005 / 0.5  # the old score, for contrast, ranked the tiny saving first
+
+
+def test_the_score_is_the_loss_rise_so_equal_top1_is_still_told_apart():
+    """Defect 2 of #13: top-1 moves in steps and ties; the loss on the same images separates candidates."""
+    start = SlimState((("4d", "4d"), ("4d",), (), ()), (16, 16, 16, 16))
+    latency = lambda s: float(s.num_blocks)  # noqa: E731
+    losses = {(0, 0): 0.40, (0, 1): 0.35, (1, 0): 0.50}  # dropped position -> loss; top-1 identical everywhere
+
+    def score(s):
+        dropped = [(i, j) for i, st in enumerate(s.choices) for j, c in enumerate(st) if c == "id"]
+        return Score(losses[dropped[0]] if dropped else 0.30, 0.90)
+
+    rules = replace(METHODS["paper"], per_action=3)
+    traj = Slimmer(latency, score, [[1.0, 2.0], [3.0], [], []], [1.0, 1.0, 0.0, 0.0], rules).run(start, 2.0)
+    assert traj[1].where == "stage1.path2" and traj[1].val_loss == 0.35
+
+
+def test_a_saving_below_the_noise_floor_is_passed_over_for_the_next_candidate():
+    """Defect 4 of #13: when the least important MetaPath saves (almost) nothing, the action was dead. The
+    first candidate in importance order whose saving clears the floor is taken instead."""
+    start = SlimState((("4d", "4d"), ("4d",), (), ()), (16, 16, 16, 16))
+    cost = {(0, 0): 0.3, (0, 1): 0.001, (1, 0): 0.4}  # stage1.path2 (least important) saves 0.001 ms
+
+    def latency(s):
+        return 1.0 + sum(cost[(i, j)] for i, st in enumerate(s.choices) for j, c in enumerate(st) if c != "id")
+
+    evaluate = lambda s: Score(0.3 + 0.1 * sum(c == "id" for st in s.choices for c in st), 0.9)  # noqa: E731
+    se = lambda a, b: 0.01  # noqa: E731  (the predicted saving's standard error: the floor is 0.02 ms)
+    slimmer = Slimmer(latency, evaluate, [[2.0, 1.0], [3.0], [], []], [1.0, 2.0, 0.0, 0.0], METHODS["paper"], se)
+    (cand, _), *_ = slimmer.candidates(start)
+    assert cand.where == "stage1.path1"  # the next in importance order that saves more than the floor
+    traj = slimmer.run(start, 1.5)
+    assert traj[1].where == "stage1.path1"
+    # without the floor the dead candidate is the one scored
+    bare = Slimmer(latency, evaluate, [[2.0, 1.0], [3.0], [], []], [1.0, 2.0, 0.0, 0.0], METHODS["paper"])
+    assert bare.candidates(start)[0][0].where == "stage1.path2"
+    # when nothing clears the floor, the positive savings are still used (the target stays reachable)
+    tight = Slimmer(
+        latency, evaluate, [[2.0, 1.0], [3.0], [], []], [1.0, 2.0, 0.0, 0.0], METHODS["paper"], lambda a, b: 1
+    )
+    assert tight.run(start, 1.5)[-1].latency_ms <= 1.5
+
+
+def test_default_takes_the_best_candidate_reaching_the_target_and_paper_the_best_ratio():
+    """The last step overshot: at a 1.243 ms target the paper's ratio rule emitted 1.028 ms. Among candidates
+    that reach the next target the default takes the lowest loss."""
+    start = SlimState((("4d", "4d", "4d"), (), (), ()), (16, 16, 16, 16))
+    cost = (0.22, 0.06, 0.10)  # dropping path 1 saves 0.22 ms, path 2 0.06, path 3 0.10
+
+    def latency(s):
+        return 1.0 + sum(c for c, x in zip(cost, s.choices[0]) if x != "id")
+
+    loss_rise = (0.010, 0.004, 0.006)  # per ms: 0.045, 0.067, 0.060
+
+    def evaluate(s):
+        return Score(0.3 + sum(r for r, x in zip(loss_rise, s.choices[0]) if x == "id"), 0.9)
+
+    args = (latency, evaluate, [[1.0, 2.0, 3.0], [], [], []], [1.0, 0.0, 0.0, 0.0])
+    paper = Slimmer(*args, METHODS["paper"]).run(start, 1.3)
+    default = Slimmer(*args, replace(METHODS["default"], refill=False)).run(start, 1.3)
+    assert paper[1].where == "stage1.path1" and paper[-1].latency_ms == pytest.approx(1.16)
+    assert default[1].where == "stage1.path3" and default[-1].latency_ms == pytest.approx(1.28)
+    assert default[-1].val_loss < paper[-1].val_loss
+
+
+def test_refill_spends_the_leftover_latency_back_and_stays_under_the_target():
+    start = SlimState((("4d", "4d"), ("4d",), (), ()), (32, 32, 16, 16))
+
+    def latency(s):
+        return s.num_blocks * 1.0 + sum(s.widths[:2]) / 32
+
+    def evaluate(s):  # every block and every channel lowers the loss
+        return Score(1.0 - 0.1 * s.num_blocks - sum(s.widths[:2]) / 1000, 0.9)
+
+    slimmer = Slimmer(latency, evaluate, [[1.0, 2.0], [3.0], [], []], [1.0, 3.0, 0.0, 0.0], METHODS["default"])
+    small = SlimState((("id", "4d"), ("id",), (), ()), (16, 16, 16, 16))
+    low = Step(3, "narrow_stage", "", latency(small), evaluate(small).loss, 0.9, 0.0, small, 0)
+    moves = slimmer.refill(low, 3.1, start)
+    assert moves and all(m.latency_ms <= 3.1 for m in moves)
+    assert all(b.val_loss < a.val_loss for a, b in zip([low] + moves, moves))
+    assert moves[-1].latency_ms == pytest.approx(3.0)  # nothing else fits: one more block would be 4.0 ms
+    assert slimmer.refill(moves[-1], 3.1, start) == []
+
+
+def test_default_scores_k_candidates_per_action():
+    """One candidate per action left an action dead when α misranked; the default scores the k least
+    important MetaPaths and stages, and so finds a better second choice."""
+    start = SlimState((("4d", "4d", "4d"), (), (), ()), (16, 16, 16, 16))
+    latency = lambda s: float(s.num_blocks)  # noqa: E731
+    rise = (0.05, 0.01, 0.03)  # path 2 is the cheapest to lose, but alpha ranks path 1 least important
+
+    def evaluate(s):
+        return Score(0.3 + sum(r for r, x in zip(rise, s.choices[0]) if x == "id"), 0.9)
+
+    args = (latency, evaluate, [[1.0, 2.0, 3.0], [], [], []], [1.0, 0.0, 0.0, 0.0])
+    assert Slimmer(*args, METHODS["paper"]).run(start, 2.5)[1].where == "stage1.path1"
+    assert Slimmer(*args, replace(METHODS["default"], refill=False)).run(start, 2.5)[1].where == "stage1.path2"
 
 
 def test_slimmer_reports_an_unreachable_target():
     start = SlimState((("4d",), (), (), ()), (16, 16, 16, 16))
     with pytest.raises(UnreachableTarget, match="stopped at 1 ms"):
-        Slimmer(lambda s: 1.0, lambda s: 0.5, [[1.0], [], [], []]).run(start, 0.5)
+        Slimmer(lambda s: 1.0, lambda s: Score(0.5, 0.5), [[1.0], [], [], []], [1.0, 0, 0, 0]).run(start, 0.5)
 
 
 # ------------------------------------------------------------------------------------------ end to end
@@ -142,7 +285,7 @@ def test_slim_end_to_end_two_targets(trained, tmp_path):
     traj = pd.read_csv(out / "trajectory.csv")
     assert traj["step"].tolist() == list(range(len(traj))) and traj["action"].iloc[0] == "start"
     assert (traj["predicted_ms"].diff().dropna() < 0).all()
-    assert {"action", "where", "predicted_ms", "val_acc", "score_pct_per_ms"} <= set(traj.columns)
+    assert {"action", "where", "predicted_ms", "val_loss", "val_acc", "score_loss_per_ms"} <= set(traj.columns)
     assert (out / "pareto.png").stat().st_size > 1000
     table = LatencyTable.load(lut)
     for t in (t_hi, t_lo):
@@ -159,7 +302,8 @@ def test_slim_end_to_end_two_targets(trained, tmp_path):
         splits = build_datasets(DataConfig(name="digits", input_size=32, val_size=200, augment=False))
         xs = torch.stack([splits.val[i][0] for i in range(150)])
         ys = torch.tensor([splits.val[i][1] for i in range(150)])
-        assert evaluate(model, [(xs[:64], ys[:64]), (xs[64:128], ys[64:128]), (xs[128:], ys[128:])]) == meta["val_acc"]
+        score = evaluate(model, [(xs[:64], ys[:64]), (xs[64:128], ys[64:128]), (xs[128:], ys[128:])])
+        assert score.top1 == meta["val_acc"] and score.loss == pytest.approx(meta["val_loss"], rel=1e-6)
     # deterministic: the same inputs give the same trajectory
     again = slim(slim_cfg(trained, tmp_path / "again", [t_hi, t_lo]))
     pd.testing.assert_frame_equal(pd.read_csv(again / "trajectory.csv"), traj)
@@ -316,7 +460,7 @@ def _traj(latencies):
     from nas.search.state import Step
 
     states = [SlimState(((f"{k}",),), (16,)) for k in range(len(latencies))]  # distinct placeholder states
-    return [Step(k, "a", "", ms, 0.9, 0.0, s, k) for k, (ms, s) in enumerate(zip(latencies, states))]
+    return [Step(k, "a", "", ms, 0.3, 0.9, 0.0, s, k) for k, (ms, s) in enumerate(zip(latencies, states))]
 
 
 def test_verify_passes_over_states_that_measure_above_the_target():
@@ -350,7 +494,7 @@ def test_verify_slims_further_when_the_trajectory_runs_out():
     traj = _traj([2.0, 1.0])
 
     def extend(t):
-        new = Step(len(t), "more", "", t[-1].latency_ms * 0.8, 0.9, 0.0, SlimState(((f"x{len(t)}",),), (16,)), 0)
+        new = Step(len(t), "more", "", t[-1].latency_ms * 0.8, 0.3, 0.9, 0.0, SlimState(((f"x{len(t)}",),), (16,)), 0)
         t.append(new)
         return new
 
@@ -399,3 +543,45 @@ def test_verify_where_the_backend_cannot_run_is_one_line(trained, caplog):
     with caplog.at_level(logging.WARNING):
         assert verify_backend(table) is None
     assert "Apple M2" in caplog.records[-1].getMessage()
+
+
+def test_verify_tries_the_refilled_state_first_and_falls_back_to_the_trajectory():
+    from nas.search.state import Step
+    from nas.search.verify import verified_step
+
+    traj = _traj([2.0, 1.5, 0.9, 0.8])
+    grown = Step(2, "restore_path", "", 0.98, 0.2, 0.9, 0.0, SlimState((("g",),), (16,)), 9)
+    kept = verified_step(traj, 1.0, lambda states: [0.99] * len(states), None, {}, batch=3, first=grown)
+    assert kept.step is grown and kept.skipped == ()
+    # the refilled state measures above the target: the trajectory's first state at or below it is emitted
+    over = verified_step(traj, 1.0, lambda ss: [1.02 if s == grown.state else 0.95 for s in ss], None, {}, 3, grown)
+    assert over.step.step == 2 and over.skipped == ((2, 1.02),)
+
+
+def test_difference_se_against_the_rows_of_the_csv(trained):
+    """One MB4D block fewer differs in exactly one row: the standard error is that row's (p75 - p25) /
+    sqrt(runs), read from the CSV by hand, times the calibration scale; the same block twice counts twice."""
+    from nas.search.loading import load_supernet
+
+    sn, lut, _ = trained
+    table = LatencyTable.load(lut)
+    df = pd.read_csv(lut)
+    base = load_supernet(sn)[0].spec
+    i, stage = next((i, s) for i, s in enumerate(base.stages) if s.blocks[:2] == ("4d", "4d"))
+
+    def without(n):  # the stage's first n MB4D blocks removed
+        stages = list(base.stages)
+        stages[i] = replace(stage, blocks=stage.blocks[n:])
+        return base.replace(stages=tuple(stages)).validate()
+
+    one_less, two_less = without(1), without(2)
+    row = df[(df["kind"] == "mb4d") & (df["stage"] == i) & (df["width"] == stage.width)].iloc[0]
+    expected = (row.p75_ms - row.p25_ms) / row.runs**0.5 * table.calibration.scale
+    assert table.difference_se(base, one_less) == pytest.approx(expected, rel=1e-9)
+    assert table.difference_se(base, two_less) == pytest.approx(2 * expected, rel=1e-9)
+    assert table.difference_se(base, base) == 0
+
+
+def test_unknown_method_is_refused(trained, tmp_path):
+    with pytest.raises(ConfigError, match="method='greedy'; choose one of paper, default"):
+        slim(slim_cfg(trained, tmp_path / "o", [1.0], "method=greedy"))

@@ -1,12 +1,16 @@
-"""Accuracy of a search state: the supernet restricted to it (weights physically sliced, BN statistics
-re-estimated on training batches), evaluated on fixed held-out batches."""
+"""How good a search state is: the supernet restricted to it (weights physically sliced, BN statistics
+re-estimated on training batches), evaluated on fixed held-out batches. The search minimises the mean
+cross-entropy (`Score.loss`): on the same images it is continuous, where top-1 on 2000 images moves in steps of
+0.05 points and has a standard error near 0.7 points. Top-1 is reported beside it."""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from nas.data import DataConfig, build_datasets
 from nas.search.state import SlimState
@@ -16,8 +20,14 @@ from supernet.supernet import SuperNet
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
+@dataclass(frozen=True)
+class Score:
+    loss: float  # mean cross-entropy (nats) over the scoring images: what the searches minimise
+    top1: float  # top-1 accuracy over the same images
+
+
 class SubnetEvaluator:
-    """Accuracy of a slimming state: extract the sliced sub-network, re-estimate BN statistics on cached
+    """The `Score` of a search state: extract the sliced sub-network, re-estimate BN statistics on cached
     training batches, then evaluate on cached held-out validation batches."""
 
     def __init__(self, net: SuperNet, val: Batches, bn: list[torch.Tensor]):
@@ -30,7 +40,7 @@ class SubnetEvaluator:
         return sub.eval()
 
     @torch.no_grad()
-    def __call__(self, state: SlimState) -> float:
+    def __call__(self, state: SlimState) -> Score:
         return evaluate(self.model(state), self.val)
 
 
@@ -49,25 +59,33 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches) -> float:
-    """Top-1 accuracy of `model` over `batches`."""
+def evaluate(model: nn.Module, batches: Batches) -> Score:
+    """Mean cross-entropy and top-1 accuracy of `model` over `batches`."""
     model.eval()
     correct = total = 0
+    loss = 0.0
     for x, y in batches:
-        correct += (model(x).argmax(-1) == y).sum().item()
+        logits = model(x)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
         total += len(y)
-    return correct / max(total, 1)
+    return Score(loss / max(total, 1), correct / max(total, 1))
 
 
 def cached_batches(
-    data_cfg: DataConfig, val_images: int, bn_batches: int, batch_size: int, seed: int = 0
+    data_cfg: DataConfig, val_images: int, bn_batches: int, batch_size: int, seed: int = 0, val_offset: int = 0
 ) -> tuple[Batches, list[torch.Tensor]]:
-    """Fixed validation and BN-calibration batches, loaded once (evaluation dominates the cost): the first
-    `val_images` of the validation split, and `bn_batches` training batches drawn by a generator seeded with
-    `seed`. Both are un-augmented images."""
+    """Fixed validation and BN-calibration batches, loaded once (evaluation dominates the cost): `val_images` of
+    the validation split starting at `val_offset`, and `bn_batches` training batches drawn by a generator seeded
+    with `seed`. Both are un-augmented images. Disjoint offsets give disjoint scoring sets (selection and
+    re-scoring); fewer than `val_images` remaining is an error."""
     data_cfg = dataclasses.replace(data_cfg, augment=False, auto_augment=None)  # plain images, no random transform
     splits = build_datasets(data_cfg)
-    val_idx = list(range(min(val_images, len(splits.val))))
+    if val_offset and val_offset + val_images > len(splits.val):
+        raise ValueError(
+            f"validation images {val_offset}..{val_offset + val_images} requested, the split has {len(splits.val)}"
+        )
+    val_idx = list(range(val_offset, min(val_offset + val_images, len(splits.val))))
     g = torch.Generator().manual_seed(seed)
     bn_idx = torch.randperm(len(splits.train), generator=g)[: bn_batches * batch_size].tolist()
 

@@ -1,8 +1,9 @@
-"""An evolutionary search baseline (once-for-all style: population, mutation, crossover) over the same states,
-LUT latency and supernet-accuracy evaluator as the slimmer, under a fixed budget of accuracy evaluations.
+"""Baselines over the same states, LUT latency and supernet evaluator as the slimmer, under a fixed budget of
+evaluations: an evolutionary search (once-for-all style: population, mutation, crossover) and plain random search.
 
-Like the slimmer it only calls `latency(state)` and `accuracy(state)`. Candidates above the latency target are
-rejected before evaluation (they cost no evaluation); the best evaluated state is returned.
+Like the slimmer they only call `latency(state)` and `evaluate(state)` (a `Score`), and minimise the same
+criterion, the validation cross-entropy. Candidates above the latency target are rejected before evaluation
+(they cost no evaluation); the best evaluated state is returned.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from nas.search.evaluator import Score
 from nas.search.state import SlimState
 from supernet.space import Choices
 
@@ -45,17 +47,17 @@ class Evolution:
     def __init__(
         self,
         latency: Callable[[SlimState], float],
-        accuracy: Callable[[SlimState], float],
+        evaluate: Callable[[SlimState], Score],
         stage_choices: Sequence[Sequence[str]],
         depths: Sequence[int],
         width_options: Sequence[Sequence[int]],
         cfg: EvolutionConfig | None = None,
     ):
-        self.latency, self.accuracy = latency, accuracy
+        self.latency, self.evaluate = latency, evaluate
         self.stage_choices, self.depths, self.width_options = stage_choices, depths, width_options
         self.cfg = cfg or EvolutionConfig()
         self.rng = random.Random(self.cfg.seed)
-        self.scores: dict[SlimState, float] = {}
+        self.scores: dict[SlimState, Score] = {}
 
     def _valid(self, choices: Choices) -> bool:
         return any(c != "id" for s in choices for c in s)
@@ -85,18 +87,34 @@ class Evolution:
             tuple(x if k else y for k, x, y in zip(pick, a.widths, b.widths)),
         )
 
-    def _sample(self, make: Callable[[], SlimState], target_ms: float) -> SlimState | None:
+    def _sample(self, make: Callable[[], SlimState], target_ms: float, low_ms: float = 0.0) -> SlimState | None:
         for _ in range(self.cfg.max_tries):
             s = make()
-            if self._valid(s.choices) and s not in self.scores and self.latency(s) <= target_ms:
+            if self._valid(s.choices) and s not in self.scores and low_ms <= self.latency(s) <= target_ms:
                 return s
         return None
 
     def _evaluate(self, s: SlimState) -> None:
-        self.scores[s] = self.accuracy(s)
+        self.scores[s] = self.evaluate(s)
 
-    def run(self, target_ms: float, budget: int) -> tuple[SlimState, float]:
-        """Search under `target_ms` with at most `budget` accuracy evaluations; (best state, its accuracy)."""
+    def best(self) -> tuple[SlimState, Score]:
+        best = min(self.scores, key=lambda s: self.scores[s].loss)
+        return best, self.scores[best]
+
+    def random_search(self, target_ms: float, budget: int, low_fraction: float = 0.9) -> tuple[SlimState, Score]:
+        """Plain random search: `budget` uniformly sampled states with latency in [low_fraction * target, target]
+        (a window, so that the samples use the budget rather than being arbitrarily small), the best returned."""
+        while len(self.scores) < budget:
+            s = self._sample(self.random_state, target_ms, low_fraction * target_ms)
+            if s is None:
+                break
+            self._evaluate(s)
+        if not self.scores:
+            raise RuntimeError(f"no random state in [{low_fraction:g}, 1] x {target_ms} ms")
+        return self.best()
+
+    def run(self, target_ms: float, budget: int) -> tuple[SlimState, Score]:
+        """Evolve under `target_ms` with at most `budget` evaluations; (best state, its score)."""
         cfg = self.cfg
         population: list[SlimState] = []
         while len(population) < cfg.population and len(self.scores) < budget:
@@ -109,7 +127,7 @@ class Evolution:
             raise RuntimeError(f"no random state meets {target_ms} ms")
         n_parents = max(2, int(cfg.population * cfg.parent_ratio))
         while len(self.scores) < budget:
-            parents = sorted(population, key=lambda s: -self.scores[s])[:n_parents]
+            parents = sorted(population, key=lambda s: self.scores[s].loss)[:n_parents]
             children = []
             for k in range(cfg.population - n_parents):
                 if len(self.scores) >= budget:
@@ -124,5 +142,4 @@ class Evolution:
             if not children:
                 break  # the neighbourhood is exhausted
             population = parents + children
-        best = max(self.scores, key=lambda s: self.scores[s])
-        return best, self.scores[best]
+        return self.best()

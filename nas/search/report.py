@@ -31,8 +31,9 @@ def trajectory_frame(traj: list[Step]) -> pd.DataFrame:
                 "action": s.action,
                 "where": s.where,
                 "predicted_ms": s.latency_ms,
+                "val_loss": s.val_loss,
                 "val_acc": s.val_acc,
-                "score_pct_per_ms": s.score,
+                "score_loss_per_ms": s.score,
                 "evaluations": s.evaluations,
                 "depths": str([st.depth for st in stages]),
                 "widths": str([st.width for st in stages]),
@@ -50,6 +51,7 @@ def emitted_meta(
         "target_ms": target,
         "predicted_ms": round(step.latency_ms, 6),
         "measured_ms": None if measured is None else round(measured, 6),
+        "val_loss": step.val_loss,
         "val_acc": step.val_acc,
         "slimming_step": step.step,
         "depths": list(spec.depths),
@@ -80,6 +82,7 @@ def write_target(folder: Path, step: Step, spec: ArchSpec, model: nn.Module, met
             "kind": WEIGHTS_KIND,
             "spec": spec.to_dict(),
             "model": model.state_dict(),
+            "val_loss": step.val_loss,
             "val_acc": step.val_acc,
             "predicted_ms": step.latency_ms,
             "measured_ms": meta["measured_ms"],
@@ -89,12 +92,13 @@ def write_target(folder: Path, step: Step, spec: ArchSpec, model: nn.Module, met
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'target':>8} {'predicted':>10} {'measured':>9} {'val acc':>8} {'step':>5}  architecture"
+    head = f"{'target':>8} {'predicted':>10} {'measured':>9} {'val loss':>8} {'val acc':>8} {'step':>5}  architecture"
     lines = [head, "-" * len(head)]
     for r in rows:
         meas = f"{r['measured']:>7.3f}ms" if r["measured"] is not None else f"{'-':>9}"
         lines.append(
-            f"{r['target']:>6g}ms {r['predicted']:>8.3f}ms {meas} {r['acc'] * 100:>7.2f}% {r['step']:>5}  {r['arch']}"
+            f"{r['target']:>6g}ms {r['predicted']:>8.3f}ms {meas} {r['loss']:>8.4f} {r['acc'] * 100:>7.2f}% "
+            f"{r['step']:>5}  {r['arch']}"
         )
     return "\n".join(lines)
 

@@ -1,19 +1,33 @@
-"""The latency-driven slimming engine (paper Section 4.2).
+"""The latency-driven slimming engine (paper Section 4.2), with the fixes and additions of `Rules`.
 
-The engine is ignorant of how latency and accuracy are obtained: it calls `latency(state)` (the LUT) and
-`accuracy(state)` (the supernet restricted to the state, on held-out data), and it uses the alpha-derived
-importance scores only to decide *which* MetaPath or stage each action touches.
+The engine is ignorant of how latency and quality are obtained: it calls `latency(state)` (the LUT) and
+`evaluate(state)` (the supernet restricted to the state, on held-out images; a `Score` whose `loss`, the mean
+cross-entropy, is minimised), and it uses the alpha-derived importance (log-odds, `SuperNet.importance`) only to
+decide *which* MetaPaths or stages an action touches.
 
 A `SlimState` is the set of MetaPath choices ("4d" / "3d" / "id" per position) plus the stage widths; every
-action maps one state to a new one (or None when it does not apply):
+action maps one state to a new one:
 
-  (a) drop_path     set the least important remaining MetaPath to Identity;
+  (a) drop_path     set one of the least important remaining MetaPaths to Identity;
   (b) remove_mb3d   remove the first MB3D in network order (to Identity by default; to MB4D as an option);
-  (c) narrow_stage  reduce the width of the least important stage by 16.
+  (c) narrow_stage  reduce the width of one of the least important stages by 16.
 
-Each step scores every applicable action by accuracy drop (percentage points) per millisecond saved, an
-accuracy gain counting as a negative drop, and applies the lowest, until the predicted latency is at or below
-the smallest target. Latency only decreases along the trajectory, so one run serves every larger target.
+Each step scores the candidates by the loss increase per millisecond saved and applies the lowest, until the
+predicted latency is at or below the smallest target. Latency only decreases along the trajectory, so one run
+serves every larger target. Two rule sets (`METHODS`):
+
+- `paper`: Section 4.2 with four defects fixed (issue #13). (1) A stage's importance is the paper's sum over
+  *all* its MetaPaths, so emptying a stage does not make it the least important one. (2) The score is the rise in
+  validation cross-entropy on the same images per ms saved, not a difference of noisy top-1 values; an action that
+  does not raise the loss counts as free (score 0, larger saving first), so a tiny saving with a lucky gain no
+  longer beats a large one. (3) Importance is computed in log space and never overflows. (4) A candidate must save
+  at least `min_saving_se` standard errors of its predicted saving (`LatencyTable.difference_se`); the least
+  important MetaPath or stage *that clears this floor* is taken, so an action is not dead because its first choice
+  saves nothing. One candidate per action, as in the paper.
+- `default`: the same, plus what measured better (benchmarks/README.md, search quality): the `per_action` least
+  important MetaPaths and stages are each scored; when candidates reach the next target, the one with the lowest
+  loss among them is taken (not the best ratio, which overshoots); and `refill` spends the latency left under each
+  target back by restoring MetaPaths or widening stages while the state stays under the target and the loss falls.
 """
 
 from __future__ import annotations
@@ -21,8 +35,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+from nas.search.evaluator import Score
 from nas.search.state import SlimState, Step, UnreachableTarget
 from supernet.space import Choices
 
@@ -30,8 +45,22 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Rules:
+    per_action: int = 3  # candidates scored per action: the k least important MetaPaths / stages clearing the floor
+    min_saving_se: float = 2.0  # floor on a candidate's saving, in standard errors of the predicted saving
+    reach_best: bool = True  # among candidates reaching the next target, take the lowest loss
+    refill: bool = True  # give leftover latency under each target back (restore MetaPaths, widen stages)
+
+
+METHODS = {
+    "paper": Rules(per_action=1, reach_best=False, refill=False),
+    "default": Rules(),
+}
+
+
+@dataclass(frozen=True)
 class Candidate:
-    action: str  # drop_path | remove_mb3d | narrow_stage
+    action: str  # drop_path | remove_mb3d | narrow_stage | restore_path | widen_stage
     where: str  # e.g. "stage3.path2" or "stage2: 64->48"
     state: SlimState
 
@@ -42,129 +71,224 @@ def _set_choice(choices: Choices, stage: int, pos: int, code: str) -> Choices:
     return tuple(tuple(s) for s in out)
 
 
-def drop_least_important_path(state: SlimState, path_scores: Sequence[Sequence[float]]) -> Candidate | None:
-    """(a) The active MetaPath with the lowest importance becomes Identity (ties: the later position).
+def mb3d_suffix(stage: Sequence[str]) -> bool:
+    """MB3D blocks form a suffix of the stage's non-identity blocks."""
+    kept = [c for c in stage if c != "id"]
+    return all(c == "3d" for c in kept[kept.index("3d") :]) if "3d" in kept else True
+
+
+def drop_path_candidates(state: SlimState, path_scores: Sequence[Sequence[float]]) -> list[Candidate]:
+    """(a) Every active MetaPath set to Identity, least important first (ties: the later position first).
 
     >>> s = SlimState((("4d", "4d"), ("4d",), ("3d",), ("3d",)), (16, 16, 16, 16))
-    >>> drop_least_important_path(s, [[5.0, 1.0], [9.0], [7.0], [8.0]]).state.choices[0]
-    ('4d', 'id')
+    >>> [c.where for c in drop_path_candidates(s, [[5.0, 1.0], [9.0], [7.0], [8.0]])]
+    ['stage1.path2', 'stage1.path1', 'stage3.path1', 'stage4.path1', 'stage2.path1']
     """
     if state.num_blocks <= 1:
-        return None
-    active = [(path_scores[i][j], -i, -j) for i, s in enumerate(state.choices) for j, c in enumerate(s) if c != "id"]
-    _, ni, nj = min(active)
-    i, j = -ni, -nj
-    return Candidate(
-        "drop_path", f"stage{i + 1}.path{j + 1}", replace(state, choices=_set_choice(state.choices, i, j, "id"))
+        return []
+    active = sorted(
+        (path_scores[i][j], -i, -j) for i, s in enumerate(state.choices) for j, c in enumerate(s) if c != "id"
     )
+    return [
+        Candidate(
+            "drop_path", f"stage{-i + 1}.path{-j + 1}", replace(state, choices=_set_choice(state.choices, -i, -j, "id"))
+        )
+        for _, i, j in active
+    ]
 
 
-def remove_first_mb3d(state: SlimState, to: str = "id") -> Candidate | None:
-    """(b) The first MB3D in network order becomes Identity (`to="id"`) or MB4D (`to="4d"`).
+def remove_first_mb3d(state: SlimState, to: str = "id") -> list[Candidate]:
+    """(b) The first MB3D in network order becomes Identity (`to="id"`) or MB4D (`to="4d"`); [] if none.
 
     >>> s = SlimState((("4d",), ("4d",), ("4d", "3d", "3d"), ("3d",)), (16, 16, 16, 16))
-    >>> remove_first_mb3d(s).state.choices[2]
+    >>> remove_first_mb3d(s)[0].state.choices[2]
     ('4d', 'id', '3d')
     """
     for i, s in enumerate(state.choices):
         for j, c in enumerate(s):
             if c == "3d":
                 if to == "id" and state.num_blocks <= 1:
-                    return None
-                return Candidate(
-                    "remove_mb3d",
-                    f"stage{i + 1}.path{j + 1}",
-                    replace(state, choices=_set_choice(state.choices, i, j, to)),
-                )
-    return None
+                    return []
+                new = replace(state, choices=_set_choice(state.choices, i, j, to))
+                return [Candidate("remove_mb3d", f"stage{i + 1}.path{j + 1}", new)]
+    return []
 
 
-def narrow_least_important_stage(
-    state: SlimState, path_scores: Sequence[Sequence[float]], step: int = 16
-) -> Candidate | None:
-    """(c) The stage with the lowest importance (sum over its active MetaPaths) that can still lose `step`
-    channels is narrowed by `step` (ties: the later stage).
+def narrow_stage_candidates(state: SlimState, stage_scores: Sequence[float], step: int = 16) -> list[Candidate]:
+    """(c) Every stage that can lose `step` channels, narrowed by `step`, least important first (ties: the later
+    stage first). Stage importance is the paper's: over all of a stage's MetaPaths, active or not.
 
-    >>> s = SlimState((("4d",), ("4d", "id"), ("4d",), ("3d",)), (32, 32, 16, 64))
-    >>> narrow_least_important_stage(s, [[5.0], [1.0, 9.0], [0.5], [8.0]]).state.widths
-    (32, 16, 16, 64)
+    >>> s = SlimState((("4d",), ("id", "id"), ("4d",), ("3d",)), (32, 32, 16, 64))
+    >>> [c.where for c in narrow_stage_candidates(s, [5.0, 9.0, 0.5, 8.0])]
+    ['stage1: 32->16', 'stage4: 64->48', 'stage2: 32->16']
     """
-    scores = [
-        (sum(path_scores[i][j] for j, c in enumerate(s) if c != "id"), -i)
-        for i, s in enumerate(state.choices)
-        if state.widths[i] - step >= step
-    ]
-    if not scores:
-        return None
-    i = -min(scores)[1]
-    widths = list(state.widths)
-    widths[i] -= step
-    return Candidate(
-        "narrow_stage", f"stage{i + 1}: {state.widths[i]}->{widths[i]}", replace(state, widths=tuple(widths))
-    )
+    order = sorted((stage_scores[i], -i) for i in range(len(state.widths)) if state.widths[i] - step >= step)
+    out = []
+    for _, ni in order:
+        widths = list(state.widths)
+        widths[-ni] -= step
+        out.append(
+            Candidate(
+                "narrow_stage",
+                f"stage{-ni + 1}: {state.widths[-ni]}->{widths[-ni]}",
+                replace(state, widths=tuple(widths)),
+            )
+        )
+    return out
+
+
+def grow_candidates(
+    state: SlimState, start: SlimState, path_scores: Sequence[Sequence[float]], stage_scores: Sequence[float], step: int
+) -> list[Candidate]:
+    """The refill moves, most important first: restore a MetaPath that `start` had (as the block it had there,
+    if MB3D stays a suffix), or widen a stage by `step` up to its width in `start`.
+
+    >>> start = SlimState((("4d", "4d"), ("4d",), ("4d", "3d"), ("3d",)), (32, 32, 32, 32))
+    >>> now = SlimState((("4d", "id"), ("4d",), ("4d", "id"), ("3d",)), (32, 16, 32, 32))
+    >>> [c.where for c in grow_candidates(now, start, [[1, 2], [3], [4, 5], [6]], [1, 9, 2, 3], 16)]
+    ['stage3.path2', 'stage1.path2', 'stage2: 16->32']
+    """
+    paths = []
+    for i, (s, s0) in enumerate(zip(state.choices, start.choices)):
+        for j, (c, c0) in enumerate(zip(s, s0)):
+            if c == "id" and c0 != "id":
+                new = _set_choice(state.choices, i, j, c0)
+                if mb3d_suffix(new[i]):
+                    paths.append(
+                        (
+                            -path_scores[i][j],
+                            i,
+                            j,
+                            Candidate("restore_path", f"stage{i + 1}.path{j + 1}", replace(state, choices=new)),
+                        )
+                    )
+    stages = []
+    for i, (w, w0) in enumerate(zip(state.widths, start.widths)):
+        if w + step <= w0:
+            widths = list(state.widths)
+            widths[i] += step
+            stages.append(
+                (
+                    -stage_scores[i],
+                    i,
+                    Candidate("widen_stage", f"stage{i + 1}: {w}->{w + step}", replace(state, widths=tuple(widths))),
+                )
+            )
+    return [p[-1] for p in sorted(paths, key=lambda p: p[:3])] + [s[-1] for s in sorted(stages, key=lambda s: s[:2])]
 
 
 @dataclass
 class Slimmer:
     latency: Callable[[SlimState], float]
-    accuracy: Callable[[SlimState], float]
-    path_scores: Sequence[Sequence[float]]
+    evaluate: Callable[[SlimState], Score]
+    path_scores: Sequence[Sequence[float]]  # per MetaPath, log-odds of keeping it
+    stage_scores: Sequence[float]  # per stage, over all its MetaPaths
+    rules: Rules = field(default_factory=Rules)
+    saving_se: Callable[[SlimState, SlimState], float] | None = None  # SE of a predicted saving; None: no floor
     width_step: int = 16
     mb3d_to: str = "id"
     on_step: Callable[[Step], None] | None = None
 
     def __post_init__(self) -> None:
-        self._acc_cache: dict[SlimState, float] = {}
+        self._cache: dict[SlimState, Score] = {}
 
     @property
     def evaluations(self) -> int:
-        return len(self._acc_cache)
+        return len(self._cache)
 
-    def acc(self, state: SlimState) -> float:
-        if state not in self._acc_cache:
-            self._acc_cache[state] = self.accuracy(state)
-        return self._acc_cache[state]
+    def score(self, state: SlimState) -> Score:
+        if state not in self._cache:
+            self._cache[state] = self.evaluate(state)
+        return self._cache[state]
 
-    def candidates(self, state: SlimState) -> list[Candidate]:
-        found = [
-            drop_least_important_path(state, self.path_scores),
+    def _floor(self, a: SlimState, b: SlimState) -> float:
+        if self.saving_se is None or self.rules.min_saving_se <= 0:
+            return 0.0
+        return self.rules.min_saving_se * self.saving_se(a, b)
+
+    def candidates(self, state: SlimState, floor: bool = True) -> list[tuple[Candidate, float]]:
+        """Per action, the first `per_action` candidates (in importance order) whose predicted saving is positive
+        and, with `floor`, at least the noise floor; each with its latency."""
+        lat = self.latency(state)
+        ranked = [
+            drop_path_candidates(state, self.path_scores),
             remove_first_mb3d(state, self.mb3d_to),
-            narrow_least_important_stage(state, self.path_scores, self.width_step),
+            narrow_stage_candidates(state, self.stage_scores, self.width_step),
         ]
-        return [c for c in found if c is not None]
+        out = []
+        for options in ranked:
+            taken = 0
+            for cand in options:
+                if taken == self.rules.per_action:
+                    break
+                c_lat = self.latency(cand.state)
+                if lat - c_lat > 0 and (not floor or lat - c_lat >= self._floor(state, cand.state)):
+                    out.append((cand, c_lat))
+                    taken += 1
+        return out
 
-    def run(self, start: SlimState, target_ms: float) -> list[Step]:
-        """Slim from `start` until the predicted latency is <= target_ms; the whole trajectory, start first."""
-        traj = [Step(0, "start", "", self.latency(start), self.acc(start), math.nan, start, self.evaluations)]
+    def run(self, start: SlimState, targets: float | Sequence[float]) -> list[Step]:
+        """Slim from `start` until the predicted latency is at or below the smallest target; the whole trajectory,
+        start first."""
+        targets = sorted([targets] if isinstance(targets, (int, float)) else targets, reverse=True)
+        s0 = self.score(start)
+        traj = [Step(0, "start", "", self.latency(start), s0.loss, s0.top1, math.nan, start, self.evaluations)]
         self._emit(traj[-1])
-        while traj[-1].latency_ms > target_ms:
-            self.extend(traj, target_ms)
+        while traj[-1].latency_ms > targets[-1]:
+            self.extend(traj, next(t for t in targets if t < traj[-1].latency_ms), goal=targets[-1])
         return traj
 
-    def extend(self, traj: list[Step], target_ms: float | None = None) -> Step:
-        """Apply the best action to the trajectory's last state, append the new step and return it."""
+    def extend(self, traj: list[Step], target_ms: float | None = None, goal: float | None = None) -> Step:
+        """Apply the best action to the trajectory's last state, append the new step and return it. `target_ms`
+        is the next target to reach (for `reach_best`); `goal` the smallest, for the error message."""
         last = traj[-1]
-        state, lat, acc = last.state, last.latency_ms, last.val_acc
-        best = None
-        for cand in self.candidates(state):
-            c_lat = self.latency(cand.state)
-            saved = lat - c_lat
-            if saved <= 0:
-                continue
-            c_acc = self.acc(cand.state)
-            score = (acc - c_acc) * 100 / saved
-            if best is None or (score, -saved) < (best[0], -best[1]):
-                best = (score, saved, cand, c_lat, c_acc)
-        if best is None:
-            goal = f"target {target_ms:g} ms cannot be reached: " if target_ms is not None else ""
+        cands = self.candidates(last.state) or self.candidates(last.state, floor=False)
+        if not cands:
+            goal = goal if goal is not None else target_ms
+            head = f"target {goal:g} ms cannot be reached: " if goal is not None else ""
             raise UnreachableTarget(
-                f"{goal}slimming stopped at {lat:.4g} ms ({state.describe()}), where no action lowers the "
-                f"predicted latency further"
+                f"{head}slimming stopped at {last.latency_ms:.4g} ms ({last.state.describe()}), where no action "
+                f"lowers the predicted latency further"
             )
-        score, _, cand, lat, acc = best
-        traj.append(Step(len(traj), cand.action, cand.where, lat, acc, score, cand.state, self.evaluations))
+        scored = []
+        for cand, c_lat in cands:
+            s = self.score(cand.state)
+            saved = last.latency_ms - c_lat
+            scored.append((max(s.loss - last.val_loss, 0.0) / saved, -saved, cand, c_lat, s))
+        reaching = [x for x in scored if target_ms is not None and x[3] <= target_ms]
+        if self.rules.reach_best and reaching:
+            ratio, _, cand, lat, s = min(reaching, key=lambda x: (x[4].loss, -x[3]))
+        else:
+            ratio, _, cand, lat, s = min(scored, key=lambda x: x[:2])
+        traj.append(Step(len(traj), cand.action, cand.where, lat, s.loss, s.top1, ratio, cand.state, self.evaluations))
         self._emit(traj[-1])
         return traj[-1]
+
+    def refill(self, step: Step, target_ms: float, start: SlimState) -> list[Step]:
+        """Spend the latency left under `target_ms` back: score the `per_action` most important restorable
+        MetaPaths and widenable stages (`grow_candidates`) that keep the state at or below the target, take the
+        lowest loss if it beats the current one, repeat. The steps taken, in order (none if nothing helped)."""
+        out, cur = [], step
+        while True:
+            fits = []
+            kinds: dict[str, int] = {}
+            for cand in grow_candidates(cur.state, start, self.path_scores, self.stage_scores, self.width_step):
+                if kinds.get(cand.action, 0) == self.rules.per_action:
+                    continue
+                c_lat = self.latency(cand.state)
+                if c_lat <= target_ms:
+                    fits.append((cand, c_lat))
+                    kinds[cand.action] = kinds.get(cand.action, 0) + 1
+            if not fits:
+                return out
+            s, neg_lat, cand = min(((self.score(c.state), -lat, c) for c, lat in fits), key=lambda x: (x[0].loss, x[1]))
+            if s.loss >= cur.val_loss:
+                return out
+            cur = Step(
+                cur.step, cand.action, cand.where, -neg_lat, s.loss, s.top1, math.nan, cand.state, self.evaluations
+            )
+            out.append(cur)
+            self._emit(cur)
 
     def _emit(self, step: Step) -> None:
         if self.on_step is not None:

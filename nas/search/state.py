@@ -38,8 +38,9 @@ class Step:
     action: str
     where: str
     latency_ms: float
-    val_acc: float
-    score: float  # accuracy drop (percentage points) per ms saved; nan for the start
+    val_loss: float  # mean cross-entropy on the scoring images: what the search minimises
+    val_acc: float  # top-1 on the same images, reported
+    score: float  # loss increase (nats) per ms saved (0 when the loss did not rise); nan where not a slimming step
     state: SlimState
     evaluations: int  # accuracy evaluations so far
 

@@ -32,14 +32,23 @@ def verified_step(
     extend: Callable[[list[Step]], Step],
     measured: dict[SlimState, float],
     batch: int = 8,
+    first: Step | None = None,
 ) -> Verified:
     """The first state at or after the first predicted at or below `target_ms` whose *measured* latency is at or
     below it. States are measured `batch` at a time, in one interleaved group: a window of candidates, padded with
     the states just before it, so that every measurement sees a full group, as the latency table's own networks
     did (a smaller group runs on warmer caches and measures faster). `measured` caches results across targets.
-    When every state has measured above the target, `extend` slims one more step."""
+    When every state has measured above the target, `extend` slims one more step. A `first` state (the refilled
+    one) is tried before the trajectory, measured with the `batch - 1` states before the trajectory's first."""
     k = traj.index(first_at_or_below(traj, target_ms))
     skipped = []
+    if first is not None:
+        if first.state not in measured:
+            group = list(dict.fromkeys([s.state for s in traj[max(0, k - batch + 1) : k]] + [first.state]))
+            measured.update(zip(group, measure(group)))
+        if measured[first.state] <= target_ms:
+            return Verified(first, measured[first.state], ())
+        skipped.append((first.step, measured[first.state]))
     while True:
         window = traj[k : k + batch]
         if not window:  # every state so far measured above the target: slim one step further
@@ -82,8 +91,10 @@ def verify_targets(
     measure_cfg: MeasureConfig,
     batch: int,
     seed: int = 0,
+    firsts: dict[float, Step] | None = None,
 ) -> dict[float, Verified]:
-    """For each target, the first trajectory state whose measured latency is at or below it (see `verified_step`)."""
+    """For each target, its refilled state from `firsts` if it measures at or below the target, else the first
+    trajectory state that does (see `verified_step`)."""
 
     def measure(states: list[SlimState]) -> list[float]:
         specs = [net.spec_of(s.choices, s.widths) for s in states]
@@ -92,7 +103,8 @@ def verify_targets(
     measured: dict[SlimState, float] = {}
     out = {}
     for t in targets:
-        v = verified_step(traj, t, measure, slimmer.extend, measured, batch=max(measure_cfg.interleave, 1))
+        first = (firsts or {}).get(t)
+        v = verified_step(traj, t, measure, slimmer.extend, measured, max(measure_cfg.interleave, 1), first)
         for step, ms in v.skipped:
             log.info("--verify: target %g ms: step %d measured %.4f ms, above the target; passed over", t, step, ms)
         if v.skipped:
