@@ -1,20 +1,26 @@
-"""Search cost: slimming against an evolutionary search given 5x and 20x the evaluations.
+"""Search at equal cost, re-scored on images the searches never saw: the default slimmer, the paper's slimmer,
+evolution and plain random search, each with the same number of supernet evaluations (evolution also at 5x).
 
-    python benchmarks/search_cost.py                          # quickstart supernet + torch LUT, targets 1.2 0.9
-    python benchmarks/search_cost.py --targets 1.2 0.9 --multipliers 5 20
+    python benchmarks/search_cost.py                          # quickstart supernet + torch LUT, targets 1.6 1.2 0.9
+    python benchmarks/search_cost.py --targets 1.6 1.2 0.9 --val-images 1000
 
-Both searches use the same LUT latency and the same supernet-accuracy evaluator as nas.slim (sliced
-sub-network, BN re-estimated on 4 cached training batches, 2000 held-out validation images). For each target,
-the slimmer's evaluation count is the number it had used when it first reached the target; the evolutionary
-search (nas/search/evolution.py: population 16, top 25% as parents, half mutation / half crossover) then gets
-5x and 20x that many evaluations, with a fresh evaluation cache so that its wall time is its own.
-The table reports evaluations, wall time and the best supernet-estimated validation accuracy found.
-Written to benchmarks/results/search_cost.{csv,txt}.
+Every search uses the LUT's prediction for latency and the supernet restricted to a state (sliced weights, BN
+re-estimated on cached training batches) for quality, and minimises the same criterion: cross-entropy on the
+*selection* images (`--val-images` of the supernet's held-out split). Per target:
+  default     nas.slim's default rules, run for that target alone; its evaluation count N sets every budget;
+  paper       the paper's rule (method=paper) for that target: it stops when it reaches it (N_paper <= N);
+  evolution   nas/search/evolution.py with N evaluations, and with 5N ("evolution 5x");
+  random      N uniformly sampled states with predicted latency in [0.9T, T], the best kept.
+Each winner is then re-scored on *disjoint* images (the next `--val-images` of the split) with BN statistics
+re-estimated on different training batches: a search's selection bias (the maximum of many noisy evaluations)
+does not carry over. Written to benchmarks/results/search_cost.{csv,txt}; benchmarks/search_quality.py trains
+the winners from scratch.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -31,88 +37,151 @@ from nas.config import compose, setup_logging  # noqa: E402
 from nas.search.evaluator import SubnetEvaluator, cached_batches  # noqa: E402
 from nas.search.evolution import Evolution, EvolutionConfig  # noqa: E402
 from nas.search.loading import load_supernet, supernet_data_config  # noqa: E402
-from nas.search.slimmer import Slimmer  # noqa: E402
-from nas.search.state import SlimState, Step, first_at_or_below  # noqa: E402
+from nas.search.slimmer import METHODS, Slimmer  # noqa: E402
+from nas.search.state import SlimState  # noqa: E402
 from nas.slim import SlimConfig  # noqa: E402
 from supernet.files import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+METHOD_ORDER = ["default", "paper", "evolution", "random", "evolution 5x"]
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--supernet", default="runs/pipeline/supernet/supernet.pt")
     p.add_argument("--lut", default="runs/pipeline/lut/lut.csv")
-    p.add_argument("--targets", nargs="+", type=float, default=[1.2, 0.9])
-    p.add_argument("--multipliers", nargs="+", type=int, default=[5, 20])
+    p.add_argument("--targets", nargs="+", type=float, default=[1.6, 1.2, 0.9])
+    p.add_argument("--val-images", type=int, default=1000, help="selection images; as many disjoint ones re-score")
+    p.add_argument("--bn-batches", type=int, default=4, help="training batches re-estimating BN (nas.slim: 4)")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args()
+    p.add_argument("--out", default=str(RESULTS / "search_cost"), help="prefix of the .csv/.txt written")
+    return p.parse_args(argv)
 
 
-def result(target: float, method: str, evaluations: int, wall_s: float, acc: float, ms: float, arch: str) -> dict:
-    row = {"target_ms": target, "method": method, "evaluations": evaluations, "wall_s": round(wall_s, 1)}
-    row.update(val_acc=acc, predicted_ms=ms, arch=arch)
-    print(row, flush=True)
-    return row
+class Setup:
+    """The supernet, LUT, and the selection and re-scoring evaluators shared by every search."""
+
+    def __init__(self, a: argparse.Namespace):
+        cfg = compose("slim", [], SlimConfig)  # the slimmer's own defaults: bn_batches, batch_size, threads
+        torch.set_num_threads(cfg.threads)
+        self.net, ckpt = load_supernet(Path(a.supernet))
+        self.table = LatencyTable.load(a.lut)
+        data = supernet_data_config(ckpt)
+        n, bn, bs = a.val_images, a.bn_batches, cfg.batch_size
+        self.select_data = cached_batches(data, n, bn, bs, seed=a.seed)
+        self.rescore = SubnetEvaluator(self.net, *cached_batches(data, n, bn, bs, a.seed + 1, val_offset=n))
+        self.start = SlimState(self.net.derive(include_identity=False), tuple(self.net.space.widths))
+
+    def evaluator(self) -> SubnetEvaluator:
+        return SubnetEvaluator(self.net, *self.select_data)  # a fresh one per search: its count is its own
+
+    def latency(self, s: SlimState) -> float:
+        return self.table.predict(self.net.spec_of(s.choices, s.widths))
+
+    def saving_se(self, a: SlimState, b: SlimState) -> float:
+        spec = self.net.spec_of
+        return self.table.difference_se(spec(a.choices, a.widths), spec(b.choices, b.widths))
 
 
-def slimming_trajectory(net, latency, evaluator, target: float) -> tuple[list[Step], dict[int, float]]:
-    """One trajectory to the smallest target, with the wall time at every step."""
-    stamps: dict[int, float] = {}
-    t0 = time.time()
-    on_step = lambda s: stamps.__setitem__(s.step, time.time() - t0)  # noqa: E731
-    slimmer = Slimmer(latency, evaluator, net.importance()[0], on_step=on_step)
-    return slimmer.run(SlimState(net.derive(), tuple(net.space.widths)), target), stamps
+def counted(evaluator: SubnetEvaluator) -> tuple[callable, list[int]]:
+    calls = [0]
+
+    def evaluate(s):
+        calls[0] += 1
+        return evaluator(s)
+
+    return evaluate, calls
 
 
-def evolution_result(net, latency, evaluator, target: float, budget: int, multiplier: int, seed: int) -> dict:
-    widths = [width_options(w) for w in net.space.widths]
-    evo = Evolution(latency, evaluator, net.stage_choices, net.space.depths, widths, EvolutionConfig(seed=seed))
-    t1 = time.time()
-    best, acc = evo.run(target, budget)
-    return result(
-        target, f"evolution {multiplier}x", len(evo.scores), time.time() - t1, acc, latency(best), best.describe()
-    )
+def slimmer_winner(su: Setup, method: str, target: float) -> tuple[SlimState, int]:
+    evaluate, calls = counted(su.evaluator())
+    path_scores, stage_scores = su.net.importance()
+    rules = METHODS[method]
+    slimmer = Slimmer(su.latency, evaluate, path_scores, stage_scores, rules, su.saving_se)
+    traj = slimmer.run(su.start, target)
+    step = traj[-1]
+    if rules.refill:
+        step = (slimmer.refill(step, target, su.start) or [step])[-1]
+    return step.state, calls[0]
 
 
-def write_report(df: pd.DataFrame, header: str) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_text(RESULTS / "search_cost.csv", df.to_csv(index=False))
-    lines = [header, f"{'T (ms)':>7}  {'method':<15}{'evals':>6}{'wall s':>8}{'val acc %':>10}{'pred ms':>9}  arch"]
+def baseline_winner(su: Setup, method: str, target: float, budget: int, seed: int) -> tuple[SlimState, int]:
+    evaluate, calls = counted(su.evaluator())
+    widths = [width_options(w) for w in su.net.space.widths]
+    evo = Evolution(su.latency, evaluate, su.net.stage_choices, su.net.space.depths, widths, EvolutionConfig(seed=seed))
+    best, _ = evo.random_search(target, budget) if method == "random" else evo.run(target, budget)
+    return best, calls[0]
+
+
+def run_searches(a: argparse.Namespace) -> pd.DataFrame:
+    su = Setup(a)
+    rows = []
+    for t in sorted(a.targets, reverse=True):
+        budget = None
+        for method in METHOD_ORDER:
+            t0 = time.time()
+            if method in METHODS:
+                state, evals = slimmer_winner(su, method, t)
+            else:
+                n = budget * (5 if method.endswith("5x") else 1)
+                state, evals = baseline_winner(su, method.split()[0], t, n, a.seed)
+            budget = evals if method == "default" else budget
+            sel, re = su.evaluator()(state), su.rescore(state)
+            spec = su.net.spec_of(state.choices, state.widths)
+            rows.append(
+                {
+                    "target_ms": t,
+                    "method": method,
+                    "evaluations": evals,
+                    "wall_s": round(time.time() - t0, 1),
+                    "predicted_ms": su.latency(state),
+                    "select_loss": sel.loss,
+                    "select_top1": sel.top1,
+                    "rescore_loss": re.loss,
+                    "rescore_top1": re.top1,
+                    "arch": state.describe(),
+                    "spec": json.dumps(spec.to_dict()),
+                }
+            )
+            r = rows[-1]
+            print(
+                f"T={t:g} {method:<13} {evals:>4} evals {r['wall_s']:>6.1f} s  {r['predicted_ms']:.3f} ms  "
+                f"select {sel.loss:.4f}/{sel.top1 * 100:.2f}%  re-scored {re.loss:.4f}/{re.top1 * 100:.2f}%  "
+                f"{r['arch']}",
+                flush=True,
+            )
+    return pd.DataFrame(rows)
+
+
+def report(df: pd.DataFrame, a: argparse.Namespace) -> str:
+    lines = [
+        f"Search at equal evaluations; selection on {a.val_images} held-out images, re-scored on {a.val_images} "
+        f"disjoint ones (BN re-estimated on {a.bn_batches} other training batches of 250). Supernet {a.supernet}, "
+        f"LUT {a.lut}.",
+        f"{'T (ms)':>7}  {'method':<13}{'evals':>6}{'wall s':>8}{'pred ms':>9}{'sel loss':>9}{'sel top1':>9}"
+        f"{'re loss':>9}{'re top1':>9}  arch",
+    ]
     for r in df.itertuples():
         lines.append(
-            f"{r.target_ms:>7g}  {r.method:<15}{r.evaluations:>6}{r.wall_s:>8.1f}{r.val_acc * 100:>10.2f}"
-            f"{r.predicted_ms:>9.3f}  {r.arch}"
+            f"{r.target_ms:>7g}  {r.method:<13}{r.evaluations:>6}{r.wall_s:>8.1f}{r.predicted_ms:>9.3f}"
+            f"{r.select_loss:>9.4f}{r.select_top1 * 100:>8.2f}%{r.rescore_loss:>9.4f}{r.rescore_top1 * 100:>8.2f}%"
+            f"  {r.arch}"
         )
-    text = "\n".join(lines)
-    atomic_write_text(RESULTS / "search_cost.txt", text)
-    print(text)
+    return "\n".join(lines)
 
 
-def main() -> None:
-    a = parse_args()
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    a = parse_args(argv)
     setup_logging(logging.WARNING)
-    cfg = compose("slim", [], SlimConfig)  # the slimmer's own defaults: val_images, bn_batches, threads
-    torch.set_num_threads(cfg.threads)
-    net, ckpt = load_supernet(Path(a.supernet))
-    table = LatencyTable.load(a.lut)
-    val, bn = cached_batches(supernet_data_config(ckpt), cfg.val_images, cfg.bn_batches, cfg.batch_size, cfg.seed)
-    evaluator = SubnetEvaluator(net, val, bn)
-
-    def latency(s: SlimState) -> float:
-        return table.predict(net.spec_of(s.choices, s.widths))
-
-    traj, stamps = slimming_trajectory(net, latency, evaluator, min(a.targets))
-    rows = []
-    for t in a.targets:
-        st = first_at_or_below(traj, t)
-        rows.append(
-            result(t, "slimming", st.evaluations, stamps[st.step], st.val_acc, st.latency_ms, st.state.describe())
-        )
-        for m in a.multipliers:
-            fresh = SubnetEvaluator(net, val, bn)
-            rows.append(evolution_result(net, latency, fresh, t, m * st.evaluations, m, a.seed))
-    write_report(pd.DataFrame(rows), f"supernet-estimated val accuracy ({cfg.val_images} held-out images), LUT {a.lut}")
+    t0 = time.time()
+    df = run_searches(a)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".csv"), df.to_csv(index=False))
+    text = report(df, a) + f"\nsearch stage: {time.time() - t0:.0f} s"
+    atomic_write_text(out.with_suffix(".txt"), text)
+    print(text)
+    return df
 
 
 if __name__ == "__main__":
