@@ -130,6 +130,7 @@ def part_slim(a: argparse.Namespace) -> None:
     from nas.data import DataConfig
     from nas.search.bounds import min_latency
     from nas.search.evaluator import SubnetEvaluator, cached_batches
+    from nas.search.latency import StateLatency
     from nas.search.slimmer import Slimmer
     from nas.search.state import SlimState
     from supernet.supernet import SuperNet
@@ -150,8 +151,7 @@ def part_slim(a: argparse.Namespace) -> None:
         times.append(time.time() - t0)
         return acc
 
-    def latency(state):
-        return table.predict(net.spec_of(state.choices, state.widths))
+    latency = StateLatency(net, table)
 
     floor, _ = min_latency(net, table, 16)
     start = SlimState(net.derive(include_identity=False), tuple(space.widths))

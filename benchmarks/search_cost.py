@@ -36,6 +36,7 @@ from latency_lut.table import LatencyTable  # noqa: E402
 from nas.config import compose, setup_logging  # noqa: E402
 from nas.search.evaluator import SubnetEvaluator, cached_batches  # noqa: E402
 from nas.search.evolution import Evolution, EvolutionConfig  # noqa: E402
+from nas.search.latency import StateLatency  # noqa: E402
 from nas.search.loading import load_supernet, supernet_data_config  # noqa: E402
 from nas.search.slimmer import METHODS, Slimmer  # noqa: E402
 from nas.search.state import SlimState  # noqa: E402
@@ -70,17 +71,11 @@ class Setup:
         n, bn, bs = a.val_images, a.bn_batches, cfg.batch_size
         self.select_data = cached_batches(data, n, bn, bs, seed=a.seed)
         self.rescore = SubnetEvaluator(self.net, *cached_batches(data, n, bn, bs, a.seed + 1, val_offset=n))
+        self.latency = StateLatency(self.net, self.table)
         self.start = SlimState(self.net.derive(include_identity=False), tuple(self.net.space.widths))
 
     def evaluator(self) -> SubnetEvaluator:
         return SubnetEvaluator(self.net, *self.select_data)  # a fresh one per search: its count is its own
-
-    def latency(self, s: SlimState) -> float:
-        return self.table.predict(self.net.spec_of(s.choices, s.widths))
-
-    def saving_se(self, a: SlimState, b: SlimState) -> float:
-        spec = self.net.spec_of
-        return self.table.difference_se(spec(a.choices, a.widths), spec(b.choices, b.widths))
 
 
 def counted(evaluator: SubnetEvaluator) -> tuple[callable, list[int]]:
@@ -97,7 +92,7 @@ def slimmer_winner(su: Setup, method: str, target: float) -> tuple[SlimState, in
     evaluate, calls = counted(su.evaluator())
     path_scores, stage_scores = su.net.importance()
     rules = METHODS[method]
-    slimmer = Slimmer(su.latency, evaluate, path_scores, stage_scores, rules, su.saving_se)
+    slimmer = Slimmer(su.latency, evaluate, path_scores, stage_scores, rules, su.latency.saving_se)
     traj = slimmer.run(su.start, target)
     step = traj[-1]
     if rules.refill:

@@ -88,9 +88,8 @@ def extra_archs(a: argparse.Namespace, su: search_cost.Setup) -> pd.DataFrame:
         evo = Evolution(
             su.latency, su.rescore, su.net.stage_choices, su.net.space.depths, widths, EvolutionConfig(seed=7)
         )
-        for _ in range(a.extra):
-            s = evo._sample(evo.random_state, t, 0.6 * t)
-            evo.scores[s] = re = su.rescore(s)
+        evo.random_search(t, a.extra, low_fraction=0.6)  # re-scored as they are sampled
+        for s, re in evo.scores.items():
             spec = su.net.spec_of(s.choices, s.widths)
             rows.append(
                 {

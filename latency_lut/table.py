@@ -162,18 +162,13 @@ class LatencyTable:
     def __init__(self, df: pd.DataFrame, source: str = "<memory>", sha: str = ""):
         self.df, self.source, self.sha = validate_frame(df, source), source, sha
         layers = self.df[self.df["kind"].isin(LAYER_KINDS + ("call",))]
-        self._ms: dict[Key, float] = {
-            (r.kind, int(r.stage), int(r.in_width), int(r.width)): float(r.ms) for r in layers.itertuples()
-        }
-        self._spread: dict[Key, float] = {
-            (r.kind, int(r.stage), int(r.in_width), int(r.width)): float(r.p75_ms - r.p25_ms)
-            for r in layers.itertuples()
-        }
-        self._se: dict[Key, float] = {
-            (r.kind, int(r.stage), int(r.in_width), int(r.width)): float(r.p75_ms - r.p25_ms)
-            / math.sqrt(max(int(r.runs), 1))
-            for r in layers.itertuples()
-        }
+        self._ms: dict[Key, float] = {}
+        self._spread: dict[Key, float] = {}  # p75 - p25 of the row's samples
+        self._runs: dict[Key, int] = {}
+        for r in layers.itertuples():
+            key = (r.kind, int(r.stage), int(r.in_width), int(r.width))
+            self._ms[key], self._spread[key] = float(r.ms), float(r.p75_ms - r.p25_ms)
+            self._runs[key] = max(int(r.runs), 1)
         first = self.df.iloc[0]
         self.meta: dict[str, Any] = {
             c: (first[c].item() if hasattr(first[c], "item") else first[c]) for c in META_COLUMNS
@@ -289,14 +284,18 @@ class LatencyTable:
         raw = self.raw(spec)
         return self.calibration(raw) if calibrated and self.calibration is not None else raw
 
-    def noise(self, a: ArchSpec, b: ArchSpec) -> float:
-        """The rows' own spread (p75 - p25, summed) over the rows in which two specs differ: a predicted
-        difference smaller than this is within measurement noise."""
+    @staticmethod
+    def differing_rows(a: ArchSpec, b: ArchSpec) -> dict[Key, int]:
+        """The rows in which two specs differ, each with how many more times one spec uses it than the other."""
         from collections import Counter
 
         ka, kb = Counter(r.key for r in spec_rows(a)), Counter(r.key for r in spec_rows(b))
-        diff = (ka - kb) + (kb - ka)
-        return float(sum(self._spread[k] * n for k, n in diff.items()))
+        return dict((ka - kb) + (kb - ka))
+
+    def noise(self, a: ArchSpec, b: ArchSpec) -> float:
+        """The rows' own spread (p75 - p25, summed) over the rows in which two specs differ: a predicted
+        difference smaller than this is within measurement noise."""
+        return float(sum(self._spread[k] * n for k, n in self.differing_rows(a, b).items()))
 
     def difference_se(self, a: ArchSpec, b: ArchSpec) -> float:
         """The standard error of `predict(a) - predict(b)`, from the rows in which they differ. A row's statistic
@@ -304,11 +303,8 @@ class LatencyTable:
         normal approximation of a quantile's error, 1.36 sigma / sqrt(n), with sigma = IQR / 1.349. A row used n
         times counts n times (one measurement), distinct rows add in quadrature, and the calibration scales it.
         The slimmer's floor on a saving is a multiple of this: a smaller saving is indistinguishable from noise."""
-        from collections import Counter
-
-        ka, kb = Counter(r.key for r in spec_rows(a)), Counter(r.key for r in spec_rows(b))
-        diff = (ka - kb) + (kb - ka)
-        se = math.sqrt(sum((self._se[k] * n) ** 2 for k, n in diff.items()))
+        diff = self.differing_rows(a, b)
+        se = math.sqrt(sum((self._spread[k] / math.sqrt(self._runs[k]) * n) ** 2 for k, n in diff.items()))
         return se * (self.calibration.scale if self.calibration is not None else 1.0)
 
     def local_backend(self) -> tuple[Any, str]:

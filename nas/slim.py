@@ -43,6 +43,7 @@ from nas.config import ConfigError, OneLineParser, compose, setup_logging, to_ya
 from nas.errors import run_cli
 from nas.search.bounds import min_latency
 from nas.search.evaluator import SubnetEvaluator, cached_batches
+from nas.search.latency import StateLatency
 from nas.search.loading import check_lut_covers, load_supernet, supernet_data_config
 from nas.search.report import emitted_meta, publish, summary_table, target_dirname, trajectory_frame, write_target
 from nas.search.slimmer import METHODS, Slimmer
@@ -161,12 +162,7 @@ def search(
     """One slimming trajectory down to the smallest target; per target, the refill steps after its first state
     at or below it; with `verify`, each target's measured state."""
 
-    def latency(state: SlimState) -> float:
-        return table.predict(net.spec_of(state.choices, state.widths))
-
-    def saving_se(a: SlimState, b: SlimState) -> float:
-        return table.difference_se(net.spec_of(a.choices, a.widths), net.spec_of(b.choices, b.widths))
-
+    latency = StateLatency(net, table)
     path_scores, stage_scores = net.importance()
     rules = METHODS[cfg.method]
     mb3d_to = "id" if cfg.mb3d_action == "identity" else "4d"
@@ -177,7 +173,7 @@ def search(
             path_scores,
             stage_scores,
             rules,
-            saving_se,
+            latency.saving_se,
             cfg.width_step,
             mb3d_to,
             progress_reporter(bar),

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from nas.search.evaluator import Score
+from nas.search.evolution import repair
 from nas.search.state import SlimState, Step, UnreachableTarget
 from supernet.space import Choices
 
@@ -69,12 +70,6 @@ def _set_choice(choices: Choices, stage: int, pos: int, code: str) -> Choices:
     out = [list(s) for s in choices]
     out[stage][pos] = code
     return tuple(tuple(s) for s in out)
-
-
-def mb3d_suffix(stage: Sequence[str]) -> bool:
-    """MB3D blocks form a suffix of the stage's non-identity blocks."""
-    kept = [c for c in stage if c != "id"]
-    return all(c == "3d" for c in kept[kept.index("3d") :]) if "3d" in kept else True
 
 
 def drop_path_candidates(state: SlimState, path_scores: Sequence[Sequence[float]]) -> list[Candidate]:
@@ -153,7 +148,7 @@ def grow_candidates(
         for j, (c, c0) in enumerate(zip(s, s0)):
             if c == "id" and c0 != "id":
                 new = _set_choice(state.choices, i, j, c0)
-                if mb3d_suffix(new[i]):
+                if repair(new) == new:  # MB3D still a suffix of the stage
                     paths.append(
                         (
                             -path_scores[i][j],
