@@ -34,9 +34,9 @@ MEASURE_SCRIPT = Path(__file__).with_name("bundle_measure.py")
 
 
 def item_id(item: Chain | Row | Net) -> str:
-    """A stable file-safe name: `mb4d-s2-96-96-with`, `embed-s1-32-64-before`, `net-3`, `call`."""
+    """A stable file-safe name: `mb4d-s2-96-96-with`, `embed-s1-32-64-before`, `net-3-v0`, `call`."""
     if isinstance(item, Net):
-        return f"net-{item.index}"
+        return f"net-{item.index}-v{item.visit}"
     if isinstance(item, Chain):
         r = item.row
         return f"{r.kind}-s{r.stage}-{r.in_width}-{r.width}-{'with' if item.with_row else 'before'}"
@@ -45,7 +45,7 @@ def item_id(item: Chain | Row | Net) -> str:
 
 def describe_item(item: Chain | Row | Net) -> dict[str, Any]:
     if isinstance(item, Net):
-        return {"role": "net", "index": item.index, "arch": encode_stages(item.spec)}
+        return {"role": "net", "index": item.index, "visit": item.visit, "arch": encode_stages(item.spec)}
     if isinstance(item, Chain):
         return {"role": "chain", "row": dataclasses.asdict(item.row), "with_row": item.with_row}
     return {"role": "call"}
@@ -53,7 +53,7 @@ def describe_item(item: Chain | Row | Net) -> dict[str, Any]:
 
 def parse_item(d: dict[str, Any], base: ArchSpec) -> Chain | Row | Net:
     if d["role"] == "net":
-        return Net(int(d["index"]), decode_stages(d["arch"], base))
+        return Net(int(d["index"]), decode_stages(d["arch"], base), int(d.get("visit", 0)))
     if d["role"] == "chain":
         return Chain(Row(**d["row"]), bool(d["with_row"]))
     return CALL

@@ -65,10 +65,13 @@ class MeasureConfig:
 
 @dataclass(frozen=True)
 class Net:
-    """A whole network measured as one item (a calibration or validation network)."""
+    """A whole network measured as one item (a calibration network). A table measures each calibration network
+    on several `visit`s spread over the build (see `plan_groups`) and keeps their median, so that a slow period of
+    the machine that covers one visit does not move the calibration."""
 
     index: int
     spec: ArchSpec
+    visit: int = 0
 
 
 @dataclass(frozen=True)
@@ -299,10 +302,13 @@ def chain_difference(with_row: dict[str, float], without: dict[str, float]) -> d
 
 def plan_groups(items: Sequence[Item], cfg: MeasureConfig) -> list[list[Any]]:
     """The interleaved groups `items` are measured in, in order: shuffled with `cfg.seed`, a layer row as its two
-    chains side by side in one group, packed `cfg.interleave` to a group. A device bundle keeps exactly these."""
+    chains side by side in one group, packed `cfg.interleave` to a group. With V visits of the calibration
+    networks, visit j falls at a random place in the j-th of V equal stretches of the plan, so the visits of one
+    network are spread over the whole build. A device bundle keeps exactly these groups."""
     rng = random.Random(cfg.seed)
-    items = list(items)
-    rng.shuffle(items)
+    visits = 1 + max((it.visit for it in items if isinstance(it, Net)), default=0)
+    slot = {id(it): (it.visit + rng.random()) / visits if isinstance(it, Net) else rng.random() for it in items}
+    items = sorted(items, key=lambda it: slot[id(it)])
     units = [[Chain(it, True), Chain(it, False)] if isinstance(it, Row) and it.kind != "call" else [it] for it in items]
     return pack(units, max(cfg.interleave, 2))
 

@@ -16,7 +16,8 @@ Two more kinds are not layers:
     call    the backend's per-call overhead (running an identity module), measured once. Block rows are stored
             with it subtracted, and a network pays it once: the raw sum of a spec is its layer rows plus `call`.
     net     a whole calibration network, measured in the same interleaved rounds as the rows. `arch` holds its
-            stages (`encode_stages`), in_width its index. From these rows the table fits its correction.
+            stages (`encode_stages`), in_width its index, width its visit: each network is measured on several
+            visits spread over the build, and its latency is their median. From these the table fits its correction.
 
 Calibration (`Calibration`): measured ~ scale * raw_sum, the scale being the median of measured / raw over the
 `net` rows (why not affine: see `Calibration`). `predict` applies it; `raw` is the plain sum. A table
@@ -227,15 +228,22 @@ class LatencyTable:
         )
 
     def networks(self) -> list[tuple[ArchSpec, float]]:
-        """The calibration networks stored in the table, with their measured latency."""
+        """The calibration networks stored in the table, in index order, each with its measured latency: the
+        median over its visits (one row per visit)."""
         nets = self.df[self.df["kind"] == "net"]
         base = self.base_spec()
         if nets.empty or base is None:
             return []
-        try:
-            return [(decode_stages(r.arch, base), float(r.ms)) for r in nets.itertuples()]
-        except (ValueError, UserError) as e:
-            raise LUTError(f"{self.source}: a calibration network's arch is unreadable ({e})") from None
+        out = []
+        for index, visits in nets.groupby("in_width", sort=True):
+            if visits["arch"].nunique() != 1:
+                raise LUTError(f"{self.source}: the visits of calibration network {index} disagree on its arch")
+            try:
+                spec = decode_stages(visits["arch"].iloc[0], base)
+            except (ValueError, UserError) as e:
+                raise LUTError(f"{self.source}: a calibration network's arch is unreadable ({e})") from None
+            out.append((spec, float(np.median(visits["ms"]))))
+        return out
 
     def missing(self, spec: ArchSpec) -> list[Row]:
         return self.missing_rows(spec_rows(spec))

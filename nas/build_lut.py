@@ -61,6 +61,7 @@ class BuildLUTConfig:
     width_step: int = 16  # stage widths are measured in steps of this many channels
     calibration_networks: int = 12  # whole networks measured with the rows; the table fits its correction on them
     calibration_seed: int = 1000  # validation draws with other seeds and skips these networks
+    calibration_visits: int = 3  # each calibration network is measured this many times, spread over the build
     recalibrate: bool = False  # re-time only the calibration networks of the existing out= LUT (machine drift)
     bundle: str | None = None  # write a device bundle to this folder instead of measuring here (onnxruntime | coreml)
     from_bundle: str | None = None  # turn a measured bundle's timings.csv into a LUT (out= or DIR/lut.csv)
@@ -94,8 +95,8 @@ def run(cfg: BuildLUTConfig) -> Path:
         return import_bundle(Path(cfg.from_bundle), Path(cfg.out) if cfg.out else Path(cfg.from_bundle) / "lut.csv")
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"backend={cfg.backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
-    if cfg.width_step <= 0 or cfg.calibration_networks < 0:
-        raise ConfigError("width_step must be positive and calibration_networks non-negative")
+    if cfg.width_step <= 0 or cfg.calibration_networks < 0 or cfg.calibration_visits < 1:
+        raise ConfigError("width_step and calibration_visits must be positive, calibration_networks non-negative")
     spec = cfg.space.max_spec(cfg.num_classes, cfg.in_chans)
     rows = space_rows(cfg.space, cfg.num_classes, cfg.width_step)
     if cfg.bundle:
@@ -111,12 +112,14 @@ def run(cfg: BuildLUTConfig) -> Path:
     df = existing_rows(out, meta)
     done = set(map(tuple, df[KEY_COLUMNS].astype({"stage": int, "in_width": int, "width": int}).to_numpy().tolist()))
     nets = calibration_nets(cfg)
-    todo = [r for r in rows if r.key not in done] + [n for n in nets if ("net", 3, n.index, 0) not in done]
+    todo = [r for r in rows if r.key not in done] + [n for n in nets if ("net", 3, n.index, n.visit) not in done]
     log.info(
-        "LUT %s: %d rows and %d calibration networks for space %s at %d px (%s); %d already measured, %d to go",
+        "LUT %s: %d rows and %d calibration networks x %d visits for space %s at %d px (%s); %d already measured, "
+        "%d to go",
         out,
         len(rows),
-        len(nets),
+        cfg.calibration_networks,
+        cfg.calibration_visits,
         cfg.space.name,
         cfg.space.input_size,
         backend.name,
@@ -143,10 +146,10 @@ def setting_meta(cfg: BuildLUTConfig, spec) -> dict[str, object]:
 
 
 def calibration_nets(cfg: BuildLUTConfig) -> list[Net]:
+    """Every visit of every calibration network (the table keeps each network's median over its visits)."""
     n, seed = cfg.calibration_networks, cfg.calibration_seed
-    return [
-        Net(k, s) for k, s in enumerate(mixed_specs(cfg.space, cfg.num_classes, n, seed, cfg.width_step, spread=True))
-    ]
+    specs = mixed_specs(cfg.space, cfg.num_classes, n, seed, cfg.width_step, spread=True)
+    return [Net(k, s, v) for v in range(cfg.calibration_visits) for k, s in enumerate(specs)]
 
 
 def finish(out: Path) -> Path:
@@ -198,14 +201,16 @@ def recalibrate(out: Path, backend, cfg: BuildLUTConfig) -> Path:
     if not nets:
         raise LUTError(f"{out} holds no calibration networks to re-time (build it with calibration_networks > 0)")
     before = table.calibration.scale if table.calibration else float("nan")
-    stats = measure_networks([s for s, _ in nets], backend, cfg.measure, int(table.meta["batch"]), cfg.measure.seed)
     df = table.df.copy()
-    rows = df.index[df["kind"] == "net"]
+    rows = df.index[df["kind"] == "net"]  # every visit is re-timed (measure_networks spreads repeats in time)
+    by_index = dict(zip(sorted(df.loc[rows, "in_width"].unique()), (s for s, _ in nets)))  # networks(): index order
+    specs = [by_index[i] for i in df.loc[rows, "in_width"]]
+    stats = measure_networks(specs, backend, cfg.measure, int(table.meta["batch"]), cfg.measure.seed)
     for i, st in zip(rows, stats):
         df.loc[i, ["ms", "p25_ms", "p75_ms", "runs"]] = [st["ms"], st["p25_ms"], st["p75_ms"], st["runs"]]
     write_csv_atomic(df, out)
     after = LatencyTable.load(out).calibration.scale
-    log.info("recalibrated %s on %d networks: scale %.4f -> %.4f", out, len(nets), before, after)
+    log.info("recalibrated %s on %d networks (%d visits): scale %.4f -> %.4f", out, len(nets), len(rows), before, after)
     print(out)
     return out
 
@@ -213,7 +218,8 @@ def recalibrate(out: Path, backend, cfg: BuildLUTConfig) -> Path:
 def table_row(item: Row | Net, stats: dict[str, float], meta: dict[str, object]) -> dict[str, object]:
     """One CSV row: a layer row (its chain difference), the per-call overhead, or a calibration network."""
     if isinstance(item, Net):
-        key = {"kind": "net", "stage": 3, "in_width": item.index, "width": 0, "resolution": item.spec.input_size}
+        key = {"kind": "net", "stage": 3, "in_width": item.index, "width": item.visit}
+        key["resolution"] = item.spec.input_size
         return {**key, **stats, **meta, "arch": encode_stages(item.spec)}
     return {**dataclasses.asdict(item), **stats, **meta, "arch": ""}
 

@@ -165,7 +165,9 @@ def test_build_lut_torch_then_resume(tmp_path):
     table = LatencyTable.load(out)
     rows = space_rows(cfg.space, 10)
     kinds = table.df["kind"]
-    assert (kinds == "call").sum() == 1 and (kinds == "net").sum() == 4 and len(table.df) == len(rows) + 5
+    nets = table.df[kinds == "net"]  # 4 calibration networks x 3 visits, one row each
+    assert (kinds == "call").sum() == 1 and len(nets) == 12 and len(table.df) == len(rows) + 13
+    assert sorted(zip(nets["in_width"], nets["width"])) == [(k, v) for k in range(4) for v in range(3)]
     assert (table.df["runs"] == 8).all() and (table.df["p25_ms"] <= table.df["p75_ms"]).all()
     assert table.meta["backend"] == "torch" and table.meta["threads"] == 1 and table.meta["input_size"] == 32
     assert table.calibration is not None and table.calibration.n == 4 and "calibrated on 4" in table.describe()
@@ -177,7 +179,7 @@ def test_build_lut_torch_then_resume(tmp_path):
     build_lut(cfg)
     again = LatencyTable.load(out).df.set_index(["kind", "stage", "in_width", "width"])
     before = kept.set_index(["kind", "stage", "in_width", "width"])
-    assert len(again) == len(rows) + 5
+    assert len(again) == len(rows) + 13
     assert (again.loc[before.index, "ms"] == before["ms"]).all()
     # a file measured with other settings is refused, not mixed
     with pytest.raises(LUTError, match="threads"):
@@ -322,6 +324,38 @@ def test_calibration_fit_and_predict_against_a_hand_computed_oracle():
     assert table.predict(spec) == pytest.approx(1.5 * raw)
     assert table.predict(spec, calibrated=False) == pytest.approx(raw)
     assert [s for s, _ in table.networks()] == nets  # the stored arch strings round-trip
+
+
+def test_a_network_slow_on_one_visit_keeps_its_median():
+    table, nets = calibrated_table(scale=1.5)
+    df = table.df
+    net0 = df[(df["kind"] == "net") & (df["in_width"] == 0)].iloc[0]
+    ms0 = float(net0["ms"])
+    # two more visits of network 0: one caught in a slow period (+40%), one 2% fast; its median is the 1st visit
+    visits = [dict(net0, width=1, ms=ms0 * 1.4), dict(net0, width=2, ms=ms0 * 0.98)]
+    t = LatencyTable(pd.concat([df, pd.DataFrame(visits)], ignore_index=True))
+    assert [s for s, _ in t.networks()] == nets and t.networks()[0][1] == pytest.approx(ms0)
+    assert t.calibration.n == 3 and t.calibration.scale == pytest.approx(1.5)
+    bad = dict(net0, width=3, arch=encode_stages(nets[1]))
+    with pytest.raises(LUTError, match="visits of calibration network 0 disagree"):
+        LatencyTable(pd.concat([df, pd.DataFrame([bad])], ignore_index=True)).networks()
+
+
+def test_plan_spreads_the_visits_of_a_calibration_network_over_the_build():
+    from latency_lut.measure import CALL, MeasureConfig, Net, plan_groups
+
+    space = small_space()
+    spec = space.max_spec(10)
+    rows = space_rows(space, 10)
+    nets = [Net(k, spec, v) for v in range(3) for k in range(4)]
+    groups = plan_groups([*rows, *nets, CALL], MeasureConfig(interleave=8))
+    flat = [it for g in groups for it in g]
+    where = {(it.index, it.visit): flat.index(it) for it in flat if isinstance(it, Net)}
+    assert sorted(where) == [(k, v) for k in range(4) for v in range(3)]
+    # visit v lies in the v-th third of the plan's time: every visit 0 before every visit 1 before every visit 2
+    for v in (0, 1):
+        assert max(p for (_, w), p in where.items() if w == v) < min(p for (_, w), p in where.items() if w == v + 1)
+    assert min(where.values()) < len(flat) / 3 < 2 * len(flat) / 3 < max(where.values())
 
 
 def test_uncalibrated_table_loads_and_says_so(tmp_path):
