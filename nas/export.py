@@ -48,7 +48,7 @@ class ExportConfig:
     input_size: int = 0  # presets only: 0 keeps the preset's 224 px
     tolerance: float = 1e-4  # max abs output difference allowed between the export and torch
     lut: str | None = None  # LUT for the predicted latency; default: the one recorded in the arch YAML
-    measure: MeasureConfig = field(default_factory=lambda: MeasureConfig(warmup=10, rounds=20, passes=2))
+    measure: MeasureConfig = field(default_factory=MeasureConfig)  # as nas.build_lut times its calibration networks
 
 
 def load_model(cfg: ExportConfig):

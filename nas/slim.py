@@ -72,7 +72,8 @@ class SlimConfig:
     seed: int = 0
     overwrite: bool = False  # allow writing into an --out that already holds slimming results
     verify: bool = False  # measure each emitted architecture; emit the next state measuring <= target if it is over
-    measure: MeasureConfig = field(default_factory=lambda: MeasureConfig(warmup=5, rounds=20, passes=2))  # --verify
+    # as nas.build_lut times its calibration networks (the same statistic, so the calibration carries over)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)  # --verify
 
 
 # ------------------------------------------------------------------------------------------------ inputs

@@ -52,7 +52,7 @@ class ValidateLUTConfig:
     num_classes: int = 10
     out: str | None = None  # folder for validation.csv / actions.csv / validation.png; default: beside the LUT
     seed: int = 0
-    measure: MeasureConfig = field(default_factory=lambda: MeasureConfig(warmup=5, rounds=20, passes=2))
+    measure: MeasureConfig = field(default_factory=MeasureConfig)  # as nas.build_lut times its calibration networks
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
