@@ -14,8 +14,9 @@ one action each. Reported per backend:
 * the machine's drift between the build and its validation (the build's calibration networks re-timed with the
   held-out ones), and the figures recalibrated on those networks alone (`nas.build_lut recalibrate=true`).
 
-Builds and validations run one after another, never two timings at once. Output: a table on stdout and
-benchmarks/results/lut_repeatability.{txt,csv}.
+Builds and validations run one after another, never two timings at once. Output: a table on stdout,
+benchmarks/results/lut_repeatability.{txt,csv}, and every held-out network of every build (predicted, raw,
+measured) in lut_repeatability_networks.csv.
 """
 
 from __future__ import annotations
@@ -80,9 +81,11 @@ def agreement(backend: str, tables: list[tuple[LatencyTable, pd.DataFrame]]) -> 
     return agree
 
 
-def one_backend(backend: str, builds: int, space: str, work: Path) -> tuple[list[dict], dict]:
+def one_backend(backend: str, builds: int, space: str, work: Path) -> tuple[list[dict], dict, list[pd.DataFrame]]:
+    """Each build's figures, the disagreement between builds, and each build's held-out networks."""
     done = [build_and_validate(backend, b, space, work) for b in range(builds)]
-    return [row for row, _, _ in done], agreement(backend, [(table, df) for _, table, df in done])
+    frames = [df.assign(backend=backend, build=row["build"]) for row, _, df in done]
+    return [row for row, _, _ in done], agreement(backend, [(table, df) for _, table, df in done]), frames
 
 
 def main() -> None:
@@ -92,13 +95,15 @@ def main() -> None:
     p.add_argument("--space", default="tiny")
     a = p.parse_args()
     t_start = time.time()
-    per_build, agreement = [], []
+    per_build, agreement, nets = [], [], []
     with tempfile.TemporaryDirectory() as work:
         for backend in a.backends:
-            rows, agree = one_backend(backend, a.builds, a.space, Path(work))
+            rows, agree, frames = one_backend(backend, a.builds, a.space, Path(work))
             per_build += rows
             agreement.append(agree)
+            nets += frames
     builds = pd.DataFrame(per_build)
+    networks = pd.concat(nets, ignore_index=True)
     lines = [
         f"LUT repeatability: space={a.space}, {a.builds} fresh builds per backend, each validated on the same held-out "
         f"networks ({builds['networks'].iloc[0]}); {time.time() - t_start:.0f} s in all",
@@ -129,6 +134,7 @@ def main() -> None:
     print(text)
     atomic_write_text(RESULTS / "lut_repeatability.txt", text + "\n")
     atomic_write_text(RESULTS / "lut_repeatability.csv", builds.to_csv(index=False))
+    atomic_write_text(RESULTS / "lut_repeatability_networks.csv", networks.to_csv(index=False))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ re-estimated on cached training batches) for quality, and minimises the same cri
   paper       the paper's rule (method=paper) for that target: it stops when it reaches it (N_paper <= N);
   evolution   nas/search/evolution.py with N evaluations, and with 5N ("evolution 5x");
   random      N uniformly sampled states with predicted latency in [0.9T, T], the best kept.
+`--methods` picks a subset (default first), and adds the ablations: the default rules with one addition taken
+out ("default -k": one candidate per action; "default -reach": no lowest-loss choice among candidates reaching
+the target; "default -refill": no refill).
 Each winner is then re-scored on *disjoint* images (the next `--val-images` of the split) with BN statistics
 re-estimated on different training batches: a search's selection bias (the maximum of many noisy evaluations)
 does not carry over. Written to benchmarks/results/search_cost.{csv,txt}; benchmarks/search_quality.py trains
@@ -24,6 +27,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -45,6 +49,12 @@ from supernet.files import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHOD_ORDER = ["default", "paper", "evolution", "random", "evolution 5x"]
+ABLATIONS = {  # the default rules with one addition taken out (--methods default "default -k" ...)
+    "default -k": replace(METHODS["default"], per_action=1),
+    "default -reach": replace(METHODS["default"], reach_best=False),
+    "default -refill": replace(METHODS["default"], refill=False),
+}
+SLIMMERS = {**METHODS, **ABLATIONS}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,7 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bn-batches", type=int, default=4, help="training batches re-estimating BN (nas.slim: 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "search_cost"), help="prefix of the .csv/.txt written")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--methods", nargs="+", default=METHOD_ORDER, choices=METHOD_ORDER + list(ABLATIONS), help="default first"
+    )
+    a = p.parse_args(argv)
+    if a.methods[0] != "default":
+        p.error("--methods must start with default: its evaluation count is every other search's budget")
+    return a
 
 
 class Setup:
@@ -91,7 +107,7 @@ def counted(evaluator: SubnetEvaluator) -> tuple[callable, list[int]]:
 def slimmer_winner(su: Setup, method: str, target: float) -> tuple[SlimState, int]:
     evaluate, calls = counted(su.evaluator())
     path_scores, stage_scores = su.net.importance()
-    rules = METHODS[method]
+    rules = SLIMMERS[method]
     slimmer = Slimmer(su.latency, evaluate, path_scores, stage_scores, rules, su.latency.saving_se)
     traj = slimmer.run(su.start, target)
     step = traj[-1]
@@ -113,9 +129,9 @@ def run_searches(a: argparse.Namespace) -> pd.DataFrame:
     rows = []
     for t in sorted(a.targets, reverse=True):
         budget = None
-        for method in METHOD_ORDER:
+        for method in a.methods:
             t0 = time.time()
-            if method in METHODS:
+            if method in SLIMMERS:
                 state, evals = slimmer_winner(su, method, t)
             else:
                 n = budget * (5 if method.endswith("5x") else 1)

@@ -112,15 +112,17 @@ def measure(df: pd.DataFrame, su: search_cost.Setup) -> list[float]:
     backend = make_backend(str(table.meta["backend"]), int(table.meta["threads"]))
     backend.setup()
     specs = [ArchSpec.from_dict(json.loads(s)) for s in df["spec"]]
-    stats = measure_networks(specs, backend, MeasureConfig(warmup=5, rounds=20, passes=2), int(table.meta["batch"]))
+    stats = measure_networks(specs, backend, MeasureConfig(), int(table.meta["batch"]))
     return [s["ms"] for s in stats]
 
 
-def train_one(arch: Path, out: Path, seed: int, data: str) -> float:
+def train_one(arch: Path, out: Path, seed: int, data: str) -> tuple[float, float]:
+    """Test top-1 and training wall time of one from-scratch run (reused from `out` when already there)."""
     if not (out / "metrics.json").is_file():
         over = [f"arch={arch}", f"out={out}", "init=scratch", f"train.seed={seed}", f"data={data}", *BUDGET]
         train(compose("train", over, TrainModelConfig))
-    return json.loads((out / "metrics.json").read_text())["test_top1"]
+    m = json.loads((out / "metrics.json").read_text())
+    return m["test_top1"], m["train_wall_s"]
 
 
 def kendall_tau(x, y) -> float:
@@ -158,9 +160,10 @@ def summarize(df: pd.DataFrame, a: argparse.Namespace, budget: dict[str, float])
     for t in sorted(a.targets, reverse=True):
         for m in search_cost.METHOD_ORDER:
             r = per.loc[(t, m)]
+            acc = f"{r['mean'] * 100:.2f} ± {r['sd'] * 100:.2f}"
             lines.append(
-                f"{t:>7g}  {m:<13}{r['evals']:>6}{f'{r.mean * 100:.2f} ± {r.sd * 100:.2f}':>15}{r.re * 100:>9.2f}%"
-                f"{r.pred:>9.3f}{r.ms:>9.3f}  {r.arch}"
+                f"{t:>7g}  {m:<13}{r['evals']:>6}{acc:>15}"
+                f"{r['re'] * 100:>9.2f}%{r['pred']:>9.3f}{r['ms']:>9.3f}  {r['arch']}"
             )
         lines.append(f"{'':>9}margins (points, ± SE of the difference): " + "; ".join(margins(per, t, len(a.seeds))))
     arch = df.groupby("spec").agg(
@@ -234,16 +237,18 @@ def main() -> None:
     budget["timing"] = time.time() - t1
     t2, work, rows = time.time(), Path(a.work), []
     names = {spec: f"arch{k:02d}" for k, spec in enumerate(unique["spec"])}
-    for spec_json, name in names.items():
-        path = work / "archs" / f"{name}.yaml"
+    for spec_json, name in names.items():  # runs already in --work are reused, so they must be of the same archs
+        path, spec = work / "archs" / f"{name}.yaml", ArchSpec.from_dict(json.loads(spec_json))
         if not path.is_file():
-            ArchSpec.from_dict(json.loads(spec_json)).save(path)
+            spec.save(path)
+        elif ArchSpec.load(path) != spec:
+            sys.exit(f"error: {path} holds another architecture than this run's {name}; pass a new --work")
     for r in df.to_dict("records"):
         for seed in a.seeds:
-            acc = train_one(
+            acc, wall = train_one(
                 work / "archs" / f"{names[r['spec']]}.yaml", work / names[r["spec"]] / f"seed{seed}", seed, a.data
             )
-            rows.append({**r, "seed": seed, "test_top1": acc, "arch_id": names[r["spec"]]})
+            rows.append({**r, "seed": seed, "test_top1": acc, "train_wall_s": wall, "arch_id": names[r["spec"]]})
         print(
             f"T={r['target_ms']:g} {r['method']:<13} {names[r['spec']]}: "
             f"{np.mean([x['test_top1'] for x in rows[-len(a.seeds) :]]) * 100:.2f}%",
@@ -252,6 +257,8 @@ def main() -> None:
     budget["training"] = time.time() - t2
     budget["total"] = time.time() - t0
     out = pd.DataFrame(rows)
+    # what training costs from scratch, whether or not runs were reused from --work: each distinct run's own time
+    budget["training, every run's own time"] = out.drop_duplicates(["arch_id", "seed"])["train_wall_s"].sum()
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / "search_quality.csv", out.drop(columns=["spec"]).to_csv(index=False))
     text = summarize(out, a, budget)

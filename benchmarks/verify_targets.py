@@ -72,7 +72,7 @@ def remeasure(specs: list[ArchSpec], table: LatencyTable, passes: int) -> list[l
     """Every emitted network, re-measured independently `passes` times (each a fresh interleaved measurement)."""
     backend = make_backend(str(table.meta["backend"]), int(table.meta["threads"]))
     backend.setup()
-    cfg, batch = MeasureConfig(warmup=5, rounds=20, passes=2), int(table.meta["batch"])
+    cfg, batch = MeasureConfig(), int(table.meta["batch"])
     return [[r["ms"] for r in measure_networks(specs, backend, cfg, batch, 100 + k)] for k in range(passes)]
 
 
