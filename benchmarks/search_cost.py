@@ -11,9 +11,10 @@ re-estimated on cached training batches) for quality, and minimises the same cri
   paper       the paper's rule (method=paper) for that target: it stops when it reaches it (N_paper <= N);
   evolution   nas/search/evolution.py with N evaluations, and with 5N ("evolution 5x");
   random      N uniformly sampled states with predicted latency in [0.9T, T], the best kept.
-`--methods` picks a subset (default first), and adds the ablations: the default rules with one addition taken
-out ("default -k": one candidate per action; "default -reach": no lowest-loss choice among candidates reaching
-the target; "default -refill": no refill).
+`--methods` picks a subset (default first), and adds variants of the default rules: one addition taken out
+("default -k": one candidate per action; "default -reach": no lowest-loss choice among candidates reaching the
+target; "default -refill": no refill), or MetaPaths and stages ranked by measured cost instead of alpha
+("default +measured", `Rules.importance`).
 Each winner is then re-scored on *disjoint* images (the next `--val-images` of the split) with BN statistics
 re-estimated on different training batches: a search's selection bias (the maximum of many noisy evaluations)
 does not carry over. Written to benchmarks/results/search_cost.{csv,txt}; benchmarks/search_quality.py trains
@@ -49,12 +50,13 @@ from supernet.files import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHOD_ORDER = ["default", "paper", "evolution", "random", "evolution 5x"]
-ABLATIONS = {  # the default rules with one addition taken out (--methods default "default -k" ...)
+VARIANTS = {  # the default rules with one addition taken out, or one put in (--methods default "default -k" ...)
     "default -k": replace(METHODS["default"], per_action=1),
     "default -reach": replace(METHODS["default"], reach_best=False),
     "default -refill": replace(METHODS["default"], refill=False),
+    "default +measured": replace(METHODS["default"], importance="measured"),
 }
-SLIMMERS = {**METHODS, **ABLATIONS}
+SLIMMERS = {**METHODS, **VARIANTS}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,10 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--targets", nargs="+", type=float, default=[1.6, 1.2, 0.9])
     p.add_argument("--val-images", type=int, default=1000, help="selection images; as many disjoint ones re-score")
     p.add_argument("--bn-batches", type=int, default=4, help="training batches re-estimating BN (nas.slim: 4)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="another draw: other selection/re-scoring images, BN batches")
     p.add_argument("--out", default=str(RESULTS / "search_cost"), help="prefix of the .csv/.txt written")
     p.add_argument(
-        "--methods", nargs="+", default=METHOD_ORDER, choices=METHOD_ORDER + list(ABLATIONS), help="default first"
+        "--methods", nargs="+", default=METHOD_ORDER, choices=METHOD_ORDER + list(VARIANTS), help="default first"
     )
     a = p.parse_args(argv)
     if a.methods[0] != "default":
@@ -85,8 +87,11 @@ class Setup:
         self.table = LatencyTable.load(a.lut)
         data = supernet_data_config(ckpt)
         n, bn, bs = a.val_images, a.bn_batches, cfg.batch_size
-        self.select_data = cached_batches(data, n, bn, bs, seed=a.seed)
-        self.rescore = SubnetEvaluator(self.net, *cached_batches(data, n, bn, bs, a.seed + 1, val_offset=n))
+        # --seed s: selection on held-out images [2sn, 2sn + n), re-scoring on the next n; BN batches drawn with s
+        self.select_data = cached_batches(data, n, bn, bs, seed=a.seed, val_offset=2 * a.seed * n)
+        self.rescore = SubnetEvaluator(
+            self.net, *cached_batches(data, n, bn, bs, a.seed + 1, val_offset=(2 * a.seed + 1) * n)
+        )
         self.latency = StateLatency(self.net, self.table)
         self.start = SlimState(self.net.derive(include_identity=False), tuple(self.net.space.widths))
 

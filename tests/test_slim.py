@@ -251,6 +251,29 @@ def test_default_scores_k_candidates_per_action():
     assert Slimmer(*args, replace(METHODS["default"], refill=False)).run(start, 2.5)[1].where == "stage1.path2"
 
 
+def test_measured_importance_finds_the_cheap_metapath_alpha_ranks_last():
+    """Defect 5 of #13 (alpha carries little signal): ranked by alpha, the k least important MetaPaths never
+    include the one that costs least to lose; ranked by measurement (`importance="measured"`), it is taken."""
+    start = SlimState((("4d",) * 5, (), (), ()), (16, 16, 16, 16))
+    latency = lambda s: float(s.num_blocks)  # noqa: E731  every block 1 ms; stage widths cannot shrink
+    rise = (0.05, 0.04, 0.03, 0.02, 0.001)  # path 5 is nearly free to lose, but alpha ranks it most important
+
+    def evaluate(s):
+        return Score(0.3 + sum(r for r, x in zip(rise, s.choices[0]) if x == "id"), 0.9)
+
+    args = (latency, evaluate, [[1.0, 2.0, 3.0, 4.0, 5.0], [], [], []], [1.0, 0.0, 0.0, 0.0])
+    rules = replace(METHODS["default"], refill=False)
+    by_alpha = Slimmer(*args, rules).run(start, 4.0)
+    measured = Slimmer(*args, replace(rules, importance="measured"))
+    traj = measured.run(start, 4.0)
+    assert by_alpha[1].where == "stage1.path3" and traj[1].where == "stage1.path5"
+    # the recorded costs are the hand-computed loss rise per ms saved (1 ms per MetaPath here)
+    assert measured.path_scores[0] == pytest.approx(list(rise))
+    assert measured.evaluations == 1 + 5  # the start and each drop once: the first step re-used them
+    with pytest.raises(ValueError, match="alpha or measured"):
+        Slimmer(*args, replace(rules, importance="entropy"))
+
+
 def test_slimmer_reports_an_unreachable_target():
     start = SlimState((("4d",), (), (), ()), (16, 16, 16, 16))
     with pytest.raises(UnreachableTarget, match="stopped at 1 ms"):

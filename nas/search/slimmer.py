@@ -51,6 +51,7 @@ class Rules:
     min_saving_se: float = 2.0  # floor on a candidate's saving, in standard errors of the predicted saving
     reach_best: bool = True  # among candidates reaching the next target, take the lowest loss
     refill: bool = True  # give leftover latency under each target back (restore MetaPaths, widen stages)
+    importance: str = "alpha"  # alpha: rank by the supernet's log-odds | measured: by measured loss rise per ms
 
 
 METHODS = {
@@ -64,6 +65,7 @@ class Candidate:
     action: str  # drop_path | remove_mb3d | narrow_stage | restore_path | widen_stage
     where: str  # e.g. "stage3.path2" or "stage2: 64->48"
     state: SlimState
+    index: tuple[int, ...] = ()  # (stage, position) of a MetaPath, (stage,) of a stage
 
 
 def _set_choice(choices: Choices, stage: int, pos: int, code: str) -> Choices:
@@ -86,7 +88,10 @@ def drop_path_candidates(state: SlimState, path_scores: Sequence[Sequence[float]
     )
     return [
         Candidate(
-            "drop_path", f"stage{-i + 1}.path{-j + 1}", replace(state, choices=_set_choice(state.choices, -i, -j, "id"))
+            "drop_path",
+            f"stage{-i + 1}.path{-j + 1}",
+            replace(state, choices=_set_choice(state.choices, -i, -j, "id")),
+            (-i, -j),
         )
         for _, i, j in active
     ]
@@ -127,6 +132,7 @@ def narrow_stage_candidates(state: SlimState, stage_scores: Sequence[float], ste
                 "narrow_stage",
                 f"stage{-ni + 1}: {state.widths[-ni]}->{widths[-ni]}",
                 replace(state, widths=tuple(widths)),
+                (-ni,),
             )
         )
     return out
@@ -186,6 +192,31 @@ class Slimmer:
 
     def __post_init__(self) -> None:
         self._cache: dict[SlimState, Score] = {}
+        if self.rules.importance not in ("alpha", "measured"):
+            raise ValueError(f"importance={self.rules.importance!r}: alpha or measured")
+        self.path_scores = [list(row) for row in self.path_scores]  # `measured` rewrites them as it learns
+        self.stage_scores = list(self.stage_scores)
+
+    def measure_importance(self, start: Step) -> None:
+        """`importance="measured"`: rank MetaPaths and stages by what removing them costs, not by alpha. Every
+        MetaPath of `start` is dropped and every stage narrowed by one step, once, and each gets the loss rise
+        per ms saved (a higher cost = more important; no saving = most important). The scored states are cached,
+        so the first step re-uses them; later steps refresh the entries of the candidates they score."""
+        lat = start.latency_ms
+        options = drop_path_candidates(start.state, self.path_scores) + narrow_stage_candidates(
+            start.state, self.stage_scores, self.width_step
+        )
+        for cand in options:
+            self._learn(cand, lat - self.latency(cand.state), self.score(cand.state).loss - start.val_loss)
+
+    def _learn(self, cand: Candidate, saved: float, loss_rise: float) -> None:
+        if self.rules.importance != "measured" or cand.action not in ("drop_path", "narrow_stage"):
+            return
+        cost = loss_rise / saved if saved > 0 else math.inf
+        if cand.action == "drop_path":
+            self.path_scores[cand.index[0]][cand.index[1]] = cost
+        else:
+            self.stage_scores[cand.index[0]] = cost
 
     @property
     def evaluations(self) -> int:
@@ -229,6 +260,8 @@ class Slimmer:
         s0 = self.score(start)
         traj = [Step(0, "start", "", self.latency(start), s0.loss, s0.top1, math.nan, start, self.evaluations)]
         self._emit(traj[-1])
+        if self.rules.importance == "measured" and traj[-1].latency_ms > targets[-1]:
+            self.measure_importance(traj[-1])
         while traj[-1].latency_ms > targets[-1]:
             self.extend(traj, next(t for t in targets if t < traj[-1].latency_ms), goal=targets[-1])
         return traj
@@ -250,6 +283,7 @@ class Slimmer:
             s = self.score(cand.state)
             saved = last.latency_ms - c_lat
             scored.append((max(s.loss - last.val_loss, 0.0) / saved, -saved, cand, c_lat, s))
+            self._learn(cand, saved, s.loss - last.val_loss)
         reaching = [x for x in scored if target_ms is not None and x[3] <= target_ms]
         if self.rules.reach_best and reaching:
             ratio, _, cand, lat, s = min(reaching, key=lambda x: (x[4].loss, -x[3]))
