@@ -2,8 +2,8 @@
 
 The engine is ignorant of how latency and quality are obtained: it calls `latency(state)` (the LUT) and
 `evaluate(state)` (the supernet restricted to the state, on held-out images; a `Score` whose `loss`, the mean
-cross-entropy, is minimised), and it uses the alpha-derived importance (log-odds, `SuperNet.importance`) only to
-decide *which* MetaPaths or stages an action touches.
+cross-entropy, is minimised), and it uses an importance ranking (the alpha-derived log-odds of
+`SuperNet.importance`, or measured costs) only to decide *which* MetaPaths or stages an action touches.
 
 A `SlimState` is the set of MetaPath choices ("4d" / "3d" / "id" per position) plus the stage widths; every
 action maps one state to a new one:
@@ -24,10 +24,13 @@ serves every larger target. Two rule sets (`METHODS`):
   at least `min_saving_se` standard errors of its predicted saving (`LatencyTable.difference_se`); the least
   important MetaPath or stage *that clears this floor* is taken, so an action is not dead because its first choice
   saves nothing. One candidate per action, as in the paper.
-- `default`: the same, plus what measured better (benchmarks/README.md, search quality): the `per_action` least
-  important MetaPaths and stages are each scored; when candidates reach the next target, the one with the lowest
-  loss among them is taken (not the best ratio, which overshoots); and `refill` spends the latency left under each
-  target back by restoring MetaPaths or widening stages while the state stays under the target and the loss falls.
+- `default`: the same, plus what measured better (benchmarks/README.md, search quality): MetaPaths and stages
+  are ranked by their *measured* cost (`importance="measured"`: each MetaPath of the start dropped and each stage
+  narrowed once, the loss rise per ms saved, refreshed by every later step's candidates) instead of alpha, which
+  carries little signal once identity is suppressed; the `per_action` least important MetaPaths and stages are
+  each scored; when candidates reach the next target, the one with the lowest loss among them is taken (not the
+  best ratio, which overshoots); and `refill` spends the latency left under each target back by restoring
+  MetaPaths or widening stages while the state stays under the target and the loss falls.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ class Rules:
 
 METHODS = {
     "paper": Rules(per_action=1, reach_best=False, refill=False),
-    "default": Rules(),
+    "default": Rules(importance="measured"),
 }
 
 
