@@ -263,8 +263,8 @@ def test_measured_importance_finds_the_cheap_metapath_alpha_ranks_last():
 
     args = (latency, evaluate, [[1.0, 2.0, 3.0, 4.0, 5.0], [], [], []], [1.0, 0.0, 0.0, 0.0])
     rules = replace(METHODS["default"], refill=False)
-    by_alpha = Slimmer(*args, rules).run(start, 4.0)
-    measured = Slimmer(*args, replace(rules, importance="measured"))
+    by_alpha = Slimmer(*args, replace(rules, importance="alpha")).run(start, 4.0)
+    measured = Slimmer(*args, rules)  # the default
     traj = measured.run(start, 4.0)
     assert by_alpha[1].where == "stage1.path3" and traj[1].where == "stage1.path5"
     # the recorded costs are the hand-computed loss rise per ms saved (1 ms per MetaPath here)
