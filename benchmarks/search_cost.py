@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".csv"), df.to_csv(index=False))
     text = report(df, a) + f"\nsearch stage: {time.time() - t0:.0f} s"
-    atomic_write_text(out.with_suffix(".txt"), text)
+    atomic_write_text(out.with_suffix(".txt"), text + "\n")
     print(text)
     return df
 

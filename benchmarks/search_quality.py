@@ -21,6 +21,7 @@ Written to benchmarks/results/search_quality.{csv,txt,png}; the budget of each s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -114,6 +115,12 @@ def measure(df: pd.DataFrame, su: search_cost.Setup) -> list[float]:
     specs = [ArchSpec.from_dict(json.loads(s)) for s in df["spec"]]
     stats = measure_networks(specs, backend, MeasureConfig(), int(table.meta["batch"]))
     return [s["ms"] for s in stats]
+
+
+def arch_name(spec_json: str) -> str:
+    """A run folder named by the architecture's content, so a run is reused only for the same architecture."""
+    spec = ArchSpec.from_dict(json.loads(spec_json))
+    return "arch-" + hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def train_one(arch: Path, out: Path, seed: int, data: str) -> tuple[float, float]:
@@ -229,6 +236,7 @@ def main() -> None:
     budget["searches"] = time.time() - t0
     setup = dict(supernet=a.supernet, lut=a.lut, val_images=a.val_images, bn_batches=a.bn_batches, seed=0)
     su = search_cost.Setup(argparse.Namespace(**setup))
+    found = found[found["method"].isin(search_cost.METHOD_ORDER)]  # search_cost's variants are not trained
     df = pd.concat([found, extra_archs(a, su)], ignore_index=True)
     t1 = time.time()
     unique = df.drop_duplicates("spec").reset_index(drop=True)
@@ -236,13 +244,11 @@ def main() -> None:
     df["measured_ms"] = df["spec"].map(ms)
     budget["timing"] = time.time() - t1
     t2, work, rows = time.time(), Path(a.work), []
-    names = {spec: f"arch{k:02d}" for k, spec in enumerate(unique["spec"])}
-    for spec_json, name in names.items():  # runs already in --work are reused, so they must be of the same archs
-        path, spec = work / "archs" / f"{name}.yaml", ArchSpec.from_dict(json.loads(spec_json))
+    names = {spec: arch_name(spec) for spec in unique["spec"]}  # runs already in --work are reused by content
+    for spec_json, name in names.items():
+        path = work / "archs" / f"{name}.yaml"
         if not path.is_file():
-            spec.save(path)
-        elif ArchSpec.load(path) != spec:
-            sys.exit(f"error: {path} holds another architecture than this run's {name}; pass a new --work")
+            ArchSpec.from_dict(json.loads(spec_json)).save(path)
     for r in df.to_dict("records"):
         for seed in a.seeds:
             acc, wall = train_one(
