@@ -112,13 +112,9 @@ def counted(evaluator: SubnetEvaluator) -> tuple[callable, list[int]]:
 def slimmer_winner(su: Setup, method: str, target: float) -> tuple[SlimState, int]:
     evaluate, calls = counted(su.evaluator())
     path_scores, stage_scores = su.net.importance()
-    rules = SLIMMERS[method]
-    slimmer = Slimmer(su.latency, evaluate, path_scores, stage_scores, rules, su.latency.saving_se)
-    traj = slimmer.run(su.start, target)
-    step = traj[-1]
-    if rules.refill:
-        step = (slimmer.refill(step, target, su.start) or [step])[-1]
-    return step.state, calls[0]
+    slimmer = Slimmer(su.latency, evaluate, path_scores, stage_scores, SLIMMERS[method], su.latency.saving_se)
+    last = slimmer.run(su.start, target)[-1]
+    return (slimmer.refill(last, target, su.start) or [last])[-1].state, calls[0]
 
 
 def baseline_winner(su: Setup, method: str, target: float, budget: int, seed: int) -> tuple[SlimState, int]:

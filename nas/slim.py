@@ -165,7 +165,6 @@ def search(
 
     latency = StateLatency(net, table)
     path_scores, stage_scores = net.importance()
-    rules = METHODS[cfg.method]
     mb3d_to = "id" if cfg.mb3d_action == "identity" else "4d"
     with tqdm(desc=f"slimming ({cfg.method})", unit="step", dynamic_ncols=True) as bar:
         slimmer = Slimmer(
@@ -173,7 +172,7 @@ def search(
             evaluator,
             path_scores,
             stage_scores,
-            rules,
+            METHODS[cfg.method],
             latency.saving_se,
             cfg.width_step,
             mb3d_to,
@@ -181,7 +180,7 @@ def search(
         )
         start = SlimState(net.derive(include_identity=False), tuple(net.space.widths))
         traj = slimmer.run(start, targets)
-        refills = {t: slimmer.refill(first_at_or_below(traj, t), t, start) if rules.refill else [] for t in targets}
+        refills = {t: slimmer.refill(first_at_or_below(traj, t), t, start) for t in targets}
         backend = verify_backend(table) if cfg.verify else None
         verified = {}
         if backend is not None:

@@ -299,8 +299,11 @@ class Slimmer:
     def refill(self, step: Step, target_ms: float, start: SlimState) -> list[Step]:
         """Spend the latency left under `target_ms` back: score the `per_action` most important restorable
         MetaPaths and widenable stages (`grow_candidates`) that keep the state at or below the target, take the
-        lowest loss if it beats the current one, repeat. The steps taken, in order (none if nothing helped)."""
+        lowest loss if it beats the current one, repeat. The steps taken, in order (none if nothing helped, or if
+        the rules have no refill)."""
         out, cur = [], step
+        if not self.rules.refill:
+            return out
         while True:
             fits = []
             kinds: dict[str, int] = {}
