@@ -35,6 +35,7 @@ from latency_lut.table import (
     LatencyTable,
     LUTError,
     Row,
+    decode_stages,
     encode_fingerprint,
     encode_stages,
     fingerprint,
@@ -203,8 +204,8 @@ def recalibrate(out: Path, backend, cfg: BuildLUTConfig) -> Path:
     before = table.calibration.scale if table.calibration else float("nan")
     df = table.df.copy()
     rows = df.index[df["kind"] == "net"]  # every visit is re-timed (measure_networks spreads repeats in time)
-    by_index = dict(zip(sorted(df.loc[rows, "in_width"].unique()), (s for s, _ in nets)))  # networks(): index order
-    specs = [by_index[i] for i in df.loc[rows, "in_width"]]
+    base = table.base_spec()
+    specs = [decode_stages(arch, base) for arch in df.loc[rows, "arch"]]  # each readable: networks() read them
     stats = measure_networks(specs, backend, cfg.measure, int(table.meta["batch"]), cfg.measure.seed)
     for i, st in zip(rows, stats):
         df.loc[i, ["ms", "p25_ms", "p75_ms", "runs"]] = [st["ms"], st["p25_ms"], st["p75_ms"], st["runs"]]
