@@ -3,6 +3,7 @@ estimate rank architectures as training does?
 
     python benchmarks/search_quality.py                       # the whole benchmark: searches, timing, training
     python benchmarks/search_quality.py --targets 1.6 1.2 0.9 --seeds 0 1 2 --extra 3
+    python benchmarks/search_quality.py --seed 1 --out benchmarks/results/search_quality_seed1   # another draw
 
 1. The search stage (benchmarks/search_cost.py): per target, the default slimmer, the paper's slimmer, evolution
    and random search at equal evaluations, evolution at 5x, each winner re-scored on disjoint images.
@@ -70,6 +71,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", default="fashion_mnist")
     p.add_argument("--work", default="runs/bench/search_quality")
     p.add_argument("--search-csv", help="reuse a search stage's CSV instead of running it")
+    p.add_argument("--seed", type=int, default=0, help="the search stage's draw (search_cost.py --seed)")
+    p.add_argument("--out", default=str(RESULTS / "search_quality"), help="prefix of the .csv/.txt/.png written")
     return p.parse_args()
 
 
@@ -77,7 +80,9 @@ def search_stage(a: argparse.Namespace) -> pd.DataFrame:
     if a.search_csv:
         return pd.read_csv(a.search_csv)
     argv = ["--supernet", a.supernet, "--lut", a.lut, "--val-images", str(a.val_images)]
-    argv += ["--bn-batches", str(a.bn_batches), "--targets"]
+    argv += ["--bn-batches", str(a.bn_batches), "--seed", str(a.seed), "--targets"]
+    if a.seed:  # another draw keeps its own file (search_cost.py writes results/search_cost by default)
+        argv = ["--out", str(RESULTS / f"search_cost_seed{a.seed}"), *argv]
     return search_cost.main(argv + [str(t) for t in a.targets])
 
 
@@ -234,7 +239,7 @@ def main() -> None:
     budget, t0 = {}, time.time()
     found = search_stage(a)
     budget["searches"] = time.time() - t0
-    setup = dict(supernet=a.supernet, lut=a.lut, val_images=a.val_images, bn_batches=a.bn_batches, seed=0)
+    setup = dict(supernet=a.supernet, lut=a.lut, val_images=a.val_images, bn_batches=a.bn_batches, seed=a.seed)
     su = search_cost.Setup(argparse.Namespace(**setup))
     found = found[found["method"].isin(search_cost.METHOD_ORDER)]  # search_cost's variants are not trained
     df = pd.concat([found, extra_archs(a, su)], ignore_index=True)
@@ -265,12 +270,13 @@ def main() -> None:
     out = pd.DataFrame(rows)
     # what training costs from scratch, whether or not runs were reused from --work: each distinct run's own time
     budget["training, every run's own time"] = out.drop_duplicates(["arch_id", "seed"])["train_wall_s"].sum()
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_text(RESULTS / "search_quality.csv", out.drop(columns=["spec"]).to_csv(index=False))
+    prefix = Path(a.out)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(prefix.with_suffix(".csv"), out.drop(columns=["spec"]).to_csv(index=False))
     text = summarize(out, a, budget)
-    atomic_write_text(RESULTS / "search_quality.txt", text)
+    atomic_write_text(prefix.with_suffix(".txt"), text)
     print(text)
-    plot(out, RESULTS / "search_quality.png", a.targets, str(su.table.meta["backend"]))
+    plot(out, prefix.with_suffix(".png"), a.targets, str(su.table.meta["backend"]))
 
 
 if __name__ == "__main__":
