@@ -22,6 +22,7 @@ Written to benchmarks/results/search_quality.{csv,txt,png}; the budget of each s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -129,12 +131,23 @@ def arch_name(spec_json: str) -> str:
 
 
 def train_one(arch: Path, out: Path, seed: int, data: str) -> tuple[float, float]:
-    """Test top-1 and training wall time of one from-scratch run (reused from `out` when already there)."""
-    if not (out / "metrics.json").is_file():
-        over = [f"arch={arch}", f"out={out}", "init=scratch", f"train.seed={seed}", f"data={data}", *BUDGET]
-        train(compose("train", over, TrainModelConfig))
+    """Test top-1 and training wall time of one from-scratch run, reused from `out` when it is there and was
+    trained with the same data and recipe (its config.yaml); otherwise (re)trained, replacing it."""
+    over = [f"arch={arch}", f"out={out}", "init=scratch", f"train.seed={seed}", f"data={data}", *BUDGET]
+    cfg = compose("train", over, TrainModelConfig)
+    cfg.data.input_size = ArchSpec.load(arch).input_size  # as nas.train does: the arch's input size wins
+    if not (out / "metrics.json").is_file() or not same_recipe(out / "config.yaml", cfg):
+        train(cfg)
     m = json.loads((out / "metrics.json").read_text())
     return m["test_top1"], m["train_wall_s"]
+
+
+def same_recipe(stored: Path, cfg: TrainModelConfig) -> bool:
+    """Whether the run whose config is `stored` used `cfg`'s data and training recipe."""
+    if not stored.is_file():
+        return False
+    old = yaml.safe_load(stored.read_text())
+    return old.get("data") == dataclasses.asdict(cfg.data) and old.get("train") == dataclasses.asdict(cfg.train)
 
 
 def kendall_tau(x, y) -> float:
