@@ -13,8 +13,8 @@ re-estimated on cached training batches) for quality, and minimises the same cri
   random      N uniformly sampled states with predicted latency in [0.9T, T], the best kept.
 `--methods` picks a subset (default first), and adds variants of the default rules: one addition taken out
 ("default -k": one candidate per action; "default -reach": no lowest-loss choice among candidates reaching the
-target; "default -refill": no refill; "default -measured": MetaPaths and stages ranked by alpha, not by their
-measured cost).
+target; "default -lookahead": no two-step finishes on the last step; "default -refill": no refill;
+"default -measured": MetaPaths and stages ranked by alpha, not by their measured cost).
 Each winner is then re-scored on *disjoint* images (the next `--val-images` of the split) with BN statistics
 re-estimated on different training batches: a search's selection bias (the maximum of many noisy evaluations)
 does not carry over. Written to benchmarks/results/search_cost.{csv,txt}; benchmarks/search_quality.py trains
@@ -53,6 +53,7 @@ METHOD_ORDER = ["default", "paper", "evolution", "random", "evolution 5x"]
 VARIANTS = {  # the default rules with one addition taken out (--methods default "default -k" ...)
     "default -k": replace(METHODS["default"], per_action=1),
     "default -reach": replace(METHODS["default"], reach_best=False),
+    "default -lookahead": replace(METHODS["default"], lookahead=0),
     "default -refill": replace(METHODS["default"], refill=False),
     "default -measured": replace(METHODS["default"], importance="alpha"),
 }

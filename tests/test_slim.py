@@ -217,6 +217,39 @@ def test_default_takes_the_best_candidate_reaching_the_target_and_paper_the_best
     assert default[-1].val_loss < paper[-1].val_loss
 
 
+def test_lookahead_finishes_in_two_cheap_steps_instead_of_one_expensive_one():
+    """The greedy last step of issue #13's 0.9 ms search: the only candidate reaching the target dropped a whole
+    stage, while a cheap MetaPath drop followed by narrowing reached it for far less loss. With `lookahead`, the
+    best-ratio candidates short of the target are tried one step further and the finishes compete by loss."""
+    start = SlimState((("4d", "4d"), ("4d",), (), ()), (32, 16, 16, 16))
+    ms = {(0, 0): 0.3, (0, 1): 0.3, (1, 0): 0.6}  # per MetaPath; stage 1 at 32 channels adds 0.2 ms
+    rise = {(0, 0): 0.02, (0, 1): 0.05, (1, 0): 0.20, "narrow": 0.04}  # loss rise of each removal, additive
+
+    def gone(s):
+        return [(i, j) for i, st in enumerate(s.choices) for j, c in enumerate(st) if c == "id"]
+
+    def latency(s):
+        return sum(v for k, v in ms.items() if k not in gone(s)) + 0.2 * (s.widths[0] == 32)
+
+    def evaluate(s):
+        return Score(0.3 + sum(rise[k] for k in gone(s)) + rise["narrow"] * (s.widths[0] == 16), 0.9)
+
+    args = (latency, evaluate, [[1.0, 2.0], [3.0], [], []], [1.0, 0.0, 0.0, 0.0])
+    rules = replace(METHODS["default"], refill=False)
+    greedy = Slimmer(*args, replace(rules, lookahead=0)).run(start, 0.9)
+    ahead = Slimmer(*args, replace(rules, lookahead=1))
+    traj = ahead.run(start, 0.9)
+    assert [t.where for t in greedy[1:]] == ["stage2.path1"]  # 1.4 -> 0.8 ms, loss 0.50: the only one-step finish
+    assert greedy[-1].val_loss == pytest.approx(0.50)
+    # best ratio short of 0.9 ms: stage1.path1 (0.02 / 0.3 ms); from there narrowing stage 1 reaches 0.9 ms for
+    # a total rise of 0.06 (dropping stage1.path2 would also reach it, at 0.8 ms for 0.07)
+    assert [t.where for t in traj[1:]] == ["stage1.path1", "stage1: 32->16"]
+    assert traj[-1].latency_ms == pytest.approx(0.9) and traj[-1].val_loss == pytest.approx(0.36)
+    assert traj[1].latency_ms == pytest.approx(1.1) and traj[1].val_loss == pytest.approx(0.32)
+    # start, 4 removals measured at the start, then from stage1.path1's state 3 more (its 2 drops and the narrowing)
+    assert ahead.evaluations == 1 + 4 + 3
+
+
 def test_refill_spends_the_leftover_latency_back_and_stays_under_the_target():
     start = SlimState((("4d", "4d"), ("4d",), (), ()), (32, 32, 16, 16))
 

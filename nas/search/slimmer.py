@@ -29,8 +29,10 @@ serves every larger target. Two rule sets (`METHODS`):
   narrowed once, the loss rise per ms saved, refreshed by every later step's candidates) instead of alpha, which
   carries little signal once identity is suppressed; the `per_action` least important MetaPaths and stages are
   each scored; when candidates reach the next target, the one with the lowest loss among them is taken (not the
-  best ratio, which overshoots); and `refill` spends the latency left under each target back by restoring
-  MetaPaths or widening stages while the state stays under the target and the loss falls.
+  best ratio, which overshoots), and with `lookahead` the best-ratio candidates that fall short of it are each
+  taken one step further, so that two cheap steps can win over one expensive finish; and `refill` spends the
+  latency left under each target back by restoring MetaPaths or widening stages while the state stays under the
+  target and the loss falls.
 """
 
 from __future__ import annotations
@@ -55,11 +57,12 @@ class Rules:
     reach_best: bool = True  # among candidates reaching the next target, take the lowest loss
     refill: bool = True  # give leftover latency under each target back (restore MetaPaths, widen stages)
     importance: str = "alpha"  # alpha: rank by the supernet's log-odds | measured: by measured loss rise per ms
+    lookahead: int = 0  # with reach_best: best-ratio candidates short of the target also tried one step further
 
 
 METHODS = {
     "paper": Rules(per_action=1, reach_best=False, refill=False),
-    "default": Rules(importance="measured"),
+    "default": Rules(importance="measured", lookahead=2),
 }
 
 
@@ -289,12 +292,32 @@ class Slimmer:
             self._learn(cand, saved, s.loss - last.val_loss)
         reaching = [x for x in scored if target_ms is not None and x[3] <= target_ms]
         if self.rules.reach_best and reaching:
-            ratio, _, cand, lat, s = min(reaching, key=lambda x: (x[4].loss, -x[3]))
+            finishes = [[x] for x in reaching] + self._lookahead(scored, target_ms)
+            path = min(finishes, key=lambda f: (f[-1][4].loss, -f[-1][3]))
         else:
-            ratio, _, cand, lat, s = min(scored, key=lambda x: x[:2])
-        traj.append(Step(len(traj), cand.action, cand.where, lat, s.loss, s.top1, ratio, cand.state, self.evaluations))
-        self._emit(traj[-1])
+            path = [min(scored, key=lambda x: x[:2])]
+        for ratio, _, cand, lat, s in path:
+            traj.append(
+                Step(len(traj), cand.action, cand.where, lat, s.loss, s.top1, ratio, cand.state, self.evaluations)
+            )
+            self._emit(traj[-1])
         return traj[-1]
+
+    def _lookahead(self, scored: list, target_ms: float) -> list[list]:
+        """`Rules.lookahead`: on the step that can reach `target_ms`, the `lookahead` best-ratio candidates that
+        do not reach it are each taken one step further; every two-step finish that reaches the target is
+        returned (as its two scored entries), to compete by loss with the one-step finishes."""
+        out = []
+        short = sorted((x for x in scored if x[3] > target_ms), key=lambda x: x[:2])
+        for first in short[: self.rules.lookahead]:
+            _, _, mid, mid_lat, mid_s = first
+            for cand, c_lat in self.candidates(mid.state) or self.candidates(mid.state, floor=False):
+                if c_lat <= target_ms:
+                    s = self.score(cand.state)
+                    saved = mid_lat - c_lat
+                    self._learn(cand, saved, s.loss - mid_s.loss)
+                    out.append([first, (max(s.loss - mid_s.loss, 0.0) / saved, -saved, cand, c_lat, s)])
+        return out
 
     def refill(self, step: Step, target_ms: float, start: SlimState) -> list[Step]:
         """Spend the latency left under `target_ms` back: score the `per_action` most important restorable
