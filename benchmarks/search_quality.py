@@ -2,7 +2,7 @@
 estimate rank architectures as training does?
 
     python benchmarks/search_quality.py                       # the whole benchmark: searches, timing, training
-    python benchmarks/search_quality.py --targets 1.6 1.2 0.9 --seeds 0 1 2 --extra 3
+    python benchmarks/search_quality.py --targets 1.6 1.2 0.9 --seeds 0 1 2 --extra 4
     python benchmarks/search_quality.py --seed 1 --out benchmarks/results/search_quality_seed1   # another draw
 
 1. The search stage (benchmarks/search_cost.py): per target, the default slimmer, the paper's slimmer, evolution
@@ -69,7 +69,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--val-images", type=int, default=500)
     p.add_argument("--bn-batches", type=int, default=2)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--extra", type=int, default=2, help="extra random architectures per target for the rank test")
+    p.add_argument("--extra", type=int, default=3, help="extra random architectures per target for the rank test")
     p.add_argument("--data", default="fashion_mnist")
     p.add_argument("--work", default="runs/bench/search_quality")
     p.add_argument("--search-csv", help="reuse a search stage's CSV instead of running it")
