@@ -285,8 +285,14 @@ def parse_args(argv: list[str]) -> list[str]:
         "that is not",
     )
     p.add_argument("overrides", nargs="*", help="hydra overrides for search_configs/slim.yaml, e.g. val_images=1000")
-    a = p.parse_args(argv)
-    overrides = list(a.overrides)
+    # key=value arguments are overrides wherever they stand: argparse alone would read the one after
+    # `--target-ms 1.6` as another target (the value of --supernet/--lut/--out stays that flag's, '=' or not)
+    valued = {"--supernet", "--lut", "--out"}
+    keyed = [
+        i for i, t in enumerate(argv) if "=" in t and not t.startswith("-") and (i == 0 or argv[i - 1] not in valued)
+    ]
+    a = p.parse_args([t for i, t in enumerate(argv) if i not in keyed])
+    overrides = [argv[i] for i in keyed] + list(a.overrides)
     bad = [o for o in overrides if "=" not in o]
     if bad:
         p.error(f"unrecognized argument {bad[0]!r}; overrides look like key=value")
