@@ -16,7 +16,8 @@ estimate rank architectures as training does?
 5. The report: per target and method, from-scratch test top-1 (mean and SD over seeds), the margins of the default
    search over each other method with the standard error of the difference, the Kendall tau between the re-scored
    supernet estimate and from-scratch accuracy, and one plot of from-scratch accuracy against measured latency.
-Written to benchmarks/results/search_quality.{csv,txt,png}; the budget of each stage is printed at the end.
+Written to benchmarks/results/search_quality.{csv,txt,png} (another prefix: --out); the budget of each stage is
+printed at the end.
 """
 
 from __future__ import annotations
