@@ -276,7 +276,7 @@ class Slimmer:
         """Apply the best action to the trajectory's last state, append the new step and return it. `target_ms`
         is the next target to reach (for `reach_best`); `goal` the smallest, for the error message."""
         last = traj[-1]
-        cands = self.candidates(last.state) or self.candidates(last.state, floor=False)
+        cands = self._options(last.state)
         if not cands:
             goal = goal if goal is not None else target_ms
             head = f"target {goal:g} ms cannot be reached: " if goal is not None else ""
@@ -284,12 +284,7 @@ class Slimmer:
                 f"{head}slimming stopped at {last.latency_ms:.4g} ms ({last.state.describe()}), where no action "
                 f"lowers the predicted latency further"
             )
-        scored = []
-        for cand, c_lat in cands:
-            s = self.score(cand.state)
-            saved = last.latency_ms - c_lat
-            scored.append((max(s.loss - last.val_loss, 0.0) / saved, -saved, cand, c_lat, s))
-            self._learn(cand, saved, s.loss - last.val_loss)
+        scored = self._scored(last.latency_ms, last.val_loss, cands)
         reaching = [x for x in scored if target_ms is not None and x[3] <= target_ms]
         if self.rules.reach_best and reaching:
             finishes = [[x] for x in reaching] + self._lookahead(scored, target_ms)
@@ -303,6 +298,21 @@ class Slimmer:
             self._emit(traj[-1])
         return traj[-1]
 
+    def _options(self, state: SlimState) -> list[tuple[Candidate, float]]:
+        """The candidates clearing the noise floor; if none does, every one with a positive saving."""
+        return self.candidates(state) or self.candidates(state, floor=False)
+
+    def _scored(self, lat: float, loss: float, cands: list[tuple[Candidate, float]]) -> list[tuple]:
+        """Each candidate of a state at `lat` ms and `loss` as (loss rise per ms saved, -saved, candidate, its
+        latency, its score), recording its measured cost for `importance="measured"`."""
+        out = []
+        for cand, c_lat in cands:
+            s = self.score(cand.state)
+            saved = lat - c_lat
+            out.append((max(s.loss - loss, 0.0) / saved, -saved, cand, c_lat, s))
+            self._learn(cand, saved, s.loss - loss)
+        return out
+
     def _lookahead(self, scored: list, target_ms: float) -> list[list]:
         """`Rules.lookahead`: on the step that can reach `target_ms`, the `lookahead` best-ratio candidates that
         do not reach it are each taken one step further; every two-step finish that reaches the target is
@@ -311,12 +321,8 @@ class Slimmer:
         short = sorted((x for x in scored if x[3] > target_ms), key=lambda x: x[:2])
         for first in short[: self.rules.lookahead]:
             _, _, mid, mid_lat, mid_s = first
-            for cand, c_lat in self.candidates(mid.state) or self.candidates(mid.state, floor=False):
-                if c_lat <= target_ms:
-                    s = self.score(cand.state)
-                    saved = mid_lat - c_lat
-                    self._learn(cand, saved, s.loss - mid_s.loss)
-                    out.append([first, (max(s.loss - mid_s.loss, 0.0) / saved, -saved, cand, c_lat, s)])
+            reaching = [(cand, c_lat) for cand, c_lat in self._options(mid.state) if c_lat <= target_ms]
+            out += [[first, second] for second in self._scored(mid_lat, mid_s.loss, reaching)]
         return out
 
     def refill(self, step: Step, target_ms: float, start: SlimState) -> list[Step]:
