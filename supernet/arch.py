@@ -43,6 +43,7 @@ MAX_POOL = 15
 MAX_KEY_DIM = 256
 MAX_HEADS = 64
 MAX_RATIO = 16.0  # mlp_ratio and attention.attn_ratio
+FLOAT32_MAX = 3.4028234663852886e38  # layer_scale_init fills float32 weights: a larger value overflows them
 MAX_PARAMS = 250_000_000  # about 1 GB of float32 weights
 
 
@@ -202,8 +203,10 @@ class ArchSpec:
                 raise SpecError(f"mlp_ratio: stage {i + 1} (width {w}) would get an MLP of 0 hidden units")
         if not _is_num(self.drop_path_rate) or not 0.0 <= self.drop_path_rate < 1.0:
             raise SpecError(f"drop_path_rate: must be a number in [0, 1), got {self.drop_path_rate!r}")
-        if not _is_num(self.layer_scale_init):
-            raise SpecError(f"layer_scale_init: must be a finite number, got {self.layer_scale_init!r}")
+        if not _is_num(self.layer_scale_init) or abs(self.layer_scale_init) > FLOAT32_MAX:
+            raise SpecError(
+                f"layer_scale_init: must be a finite number a float32 weight can hold, got {self.layer_scale_init!r}"
+            )
         if self.approx_params() > MAX_PARAMS:
             raise SpecError(
                 f"stages: about {self.approx_params() / 1e6:.0f}M parameters, above MAX_PARAMS={MAX_PARAMS / 1e6:.0f}M"

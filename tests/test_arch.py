@@ -46,6 +46,8 @@ def test_yaml_round_trip_keeps_every_field(tiny_spec):
         ((["4d"], ["4d"], ["4d"], ["5d"]), {}, "stages[3].blocks"),
         ((["4d"], ["4d"], ["4d"], ["4d"]), {"input_size": 48}, "input_size"),
         ((["4d"], ["4d"], ["4d"], ["4d"]), {"mlp_ratio": 0}, "mlp_ratio"),
+        # finite as a Python float, but it overflows the float32 LayerScale weights it fills (found by hypothesis)
+        ((["4d"], ["4d"], ["4d"], ["4d"]), {"layer_scale_init": 3.402823466385289e38}, "layer_scale_init"),
     ],
 )
 def test_validate_names_the_field(blocks, kw, field):
