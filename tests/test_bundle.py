@@ -1,12 +1,14 @@
 """Device bundles: build one, time it with a Python that has only numpy and onnxruntime (no torch, not this
-package), interrupt and resume it, import the timings as a LUT, and compare that LUT's whole-network fidelity with
-a LUT measured directly here, both against the same independently timed networks."""
+package), interrupt and resume it, and import the timings as a LUT: real timings, checked for rank order and units
+beside a LUT measured directly here, against the same independently timed networks; and known synthetic timings,
+whose imported rows, call overhead and calibration are computed by hand."""
 
 import importlib.util
 import json
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -89,13 +91,19 @@ def test_bundle_round_trip_with_only_numpy_and_onnxruntime(tmp_path):
     assert table.calibration is not None and table.meta["backend"] == "onnxruntime"
     direct = tmp_path / "direct.csv"
     build_lut(compose("build_lut", [*ORT, f"out={direct}"], BuildLUTConfig))
-    check_fidelity(table, LatencyTable.load(direct))
+    check_real_timings(table, LatencyTable.load(direct))
+    check_import_against_synthetic_timings(bundle, timings, tmp_path)
 
 
-def check_fidelity(imported: LatencyTable, direct: LatencyTable) -> None:
-    """Oracle: 16 held-out networks spanning the latency range, timed whole, independently of both tables; the
-    imported LUT predicts them about as well as the directly measured one (same rank order, median error within a
-    few points of it)."""
+def check_real_timings(imported: LatencyTable, direct: LatencyTable) -> None:
+    """Oracle: 16 held-out networks spanning the latency range, timed whole, independently of both tables. The
+    imported LUT ranks them as they measure, and its figures are in the same units as a LUT measured here.
+
+    Deliberately no closer comparison. With these test-sized settings (4 calibration networks, 5 rounds, 2
+    passes) both tables are noisy, and "the imported LUT's median error is within max(2x, +5 points) of the direct
+    one's" failed a CI run (9.0% against 2.5%) and one of three local runs of this test. How close an imported LUT
+    comes at real settings is measured in benchmarks/bundle_round_trip.sh (README section 7); the import itself is
+    checked exactly by `check_import_against_synthetic_timings`."""
     from supernet.space import AttentionConfig, SpaceConfig
 
     direct.check_fingerprint(imported.base_spec())  # the same space and settings
@@ -109,13 +117,64 @@ def check_fidelity(imported: LatencyTable, direct: LatencyTable) -> None:
     backend.setup()
     meas = np.array([r["ms"] for r in measure_networks(specs, backend, MeasureConfig(warmup=3, rounds=20, passes=3))])
 
-    def errors(table):
+    def rank_r(table):
         pred = np.array([table.predict(s) for s in specs])
-        return np.abs(pred / meas - 1) * 100, np.corrcoef(np.argsort(np.argsort(pred)), np.argsort(np.argsort(meas)))
+        return np.corrcoef(np.argsort(np.argsort(pred)), np.argsort(np.argsort(meas)))[0, 1]
 
-    (e_imp, r_imp), (e_dir, r_dir) = errors(imported), errors(direct)
-    assert r_imp[0, 1] > 0.8 and r_dir[0, 1] > 0.8
-    assert np.median(e_imp) <= max(2 * np.median(e_dir), np.median(e_dir) + 5), (np.median(e_imp), np.median(e_dir))
+    assert rank_r(imported) > 0.8 and rank_r(direct) > 0.8
+    # units: a seconds-for-milliseconds or per-batch slip in measure.py is a factor of 10 or more; machine swings
+    # between the two builds stay well inside a factor of 3
+    ratio = np.median([imported.predict(s) / direct.predict(s) for s in specs])
+    assert 1 / 3 < ratio < 3, ratio
+
+
+def check_import_against_synthetic_timings(bundle: Path, timings: pd.DataFrame, tmp_path: Path) -> None:
+    """Oracle by hand: the bundle's timings.csv replaced by known figures for three passes, and imported.
+
+    Each layer row costs v(row); its two chains cost c and c + v plus the same per-pass drift (which the pairing by
+    pass cancels) plus, on the longer chain, a per-pass deviation whose median is 0, rotated so that the median
+    lies in a different pass for different items. A calibration network measures 1.25 x (its rows + the call)
+    in its fastest pass and more in the others; the call costs 0.05 ms in its fastest pass. So the imported LUT
+    must hold v exactly for every row, 0.05 ms for the call, and a calibration scale of exactly 1.25."""
+    from latency_lut.bundle import parse_item
+    from latency_lut.measure import Chain, Net
+    from latency_lut.table import spec_rows
+    from supernet.arch import ArchSpec
+
+    synth = bundle.parent / "synthetic"
+    shutil.copytree(bundle, synth)
+    manifest = json.loads((synth / "manifest.json").read_text())
+    base = ArchSpec.from_dict(manifest["base"])
+    items = {it["id"]: parse_item(it, base) for it in manifest["items"]}
+    passes = manifest["measure"]["passes"] = 3  # odd, so that the median pass differs from the fastest
+    (synth / "manifest.json").write_text(json.dumps(manifest))
+
+    def v(row) -> float:  # a positive figure per row key, scattered, so that a row read as another one shows
+        return 0.01 + (zlib.crc32(repr(row.key).encode()) % 997) * 1e-4
+
+    call = 0.05
+    nets = [it for it in items.values() if isinstance(it, Net)]
+    truth = {it.index: 1.25 * (sum(v(r) for r in spec_rows(it.spec)) + call) for it in nets}
+    out = []
+    for k, (name, it) in enumerate(items.items()):
+        for q in range(passes):
+            turn = (q + k) % passes  # which deviation this pass carries, rotated per item
+            if isinstance(it, Chain):
+                drift = 0.2 * q  # the same on both chains of a row in one pass
+                ms = 1.0 + 0.001 * it.row.width + drift + (v(it.row) * (1 + 0.3 * (turn - 1)) if it.with_row else 0)
+            elif isinstance(it, Net):
+                ms = truth[it.index] * (1 + 0.2 * turn)
+            else:
+                ms = call * (1 + 0.2 * turn)
+            out.append({**timings.iloc[0].to_dict(), "item": name, "pass": q, "ms": ms, "p25_ms": ms, "p75_ms": ms})
+    pd.DataFrame(out).sample(frac=1, random_state=0).to_csv(synth / "timings.csv", index=False)  # in any order
+    table_path = tmp_path / "synthetic.csv"
+    build_lut(compose("build_lut", [f"from_bundle={synth}", f"out={table_path}"], BuildLUTConfig))
+    table = LatencyTable.load(table_path)
+    rows = {it.row.key: it.row for it in items.values() if isinstance(it, Chain)}
+    assert rows and all(table.raw_row(row) == pytest.approx(v(row), abs=1e-9) for row in rows.values())
+    assert table.call_ms == pytest.approx(call) and table.calibration.scale == pytest.approx(1.25)
+    assert table.calibration.n == len({n.index for n in nets})
 
 
 def test_bundle_refuses_a_backend_it_cannot_carry_and_a_non_empty_folder(tmp_path):
