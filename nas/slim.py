@@ -287,9 +287,11 @@ def parse_args(argv: list[str]) -> list[str]:
     p.add_argument("overrides", nargs="*", help="hydra overrides for search_configs/slim.yaml, e.g. val_images=1000")
     # key=value arguments are overrides wherever they stand: argparse alone would read the one after
     # `--target-ms 1.6` as another target (the value of --supernet/--lut/--out stays that flag's, '=' or not)
-    valued = {"--supernet", "--lut", "--out"}
+    paths = ("supernet", "lut", "out")  # the flags that take a value
     keyed = [
-        i for i, t in enumerate(argv) if "=" in t and not t.startswith("-") and (i == 0 or argv[i - 1] not in valued)
+        i
+        for i, t in enumerate(argv)
+        if "=" in t and not t.startswith("-") and (i == 0 or argv[i - 1] not in {f"--{k}" for k in paths})
     ]
     a = p.parse_args([t for i, t in enumerate(argv) if i not in keyed])
     overrides = [argv[i] for i in keyed] + list(a.overrides)
@@ -298,7 +300,7 @@ def parse_args(argv: list[str]) -> list[str]:
         p.error(f"unrecognized argument {bad[0]!r}; overrides look like key=value")
     if a.target_ms is not None:
         overrides.append(f"target_ms=[{','.join(repr(t) for t in a.target_ms)}]")
-    for key in ("supernet", "lut", "out"):
+    for key in paths:
         if getattr(a, key) is not None:
             overrides.append(f"{key}={getattr(a, key)}")
     if a.verify:
