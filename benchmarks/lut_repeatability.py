@@ -1,22 +1,24 @@
-"""How much do fresh builds of the same latency table disagree, and does each one predict whole networks?
+"""Does the LUT method hold on every configuration, on every fresh build? (issue #21)
 
-    python benchmarks/lut_repeatability.py                          # tiny space; torch and onnxruntime; 3 builds each
-    python benchmarks/lut_repeatability.py --backends torch --builds 2
+    python benchmarks/lut_repeatability.py                            # the 6 default configurations, 2 builds each
+    python benchmarks/lut_repeatability.py --configs torch:1:64:1 onnxruntime:2:64:1 --builds 3
+    python benchmarks/lut_repeatability.py --out benchmarks/results/lut_configs_run2
 
-For each backend the LUT is built `--builds` times from scratch (`nas.build_lut` with its defaults, each into
-a fresh folder), and each build is validated by `nas.validate_lut` with its defaults: 40 held-out networks (half
-uniform, half slimmer-like, none a calibration network) measured on the spot, plus 20 slimmer-like networks with
-one action each. Reported per backend:
+A configuration is backend:threads:input_size:batch, each a "device" of its own. For each, the LUT is built
+`--builds` times from scratch (`nas.build_lut` with its defaults: 24 calibration networks x 3 visits, the
+correction chosen by leave-one-out error), and each build is validated by `nas.validate_lut` on 30 held-out
+networks (half uniform, half slimmer-like, none a calibration network) and 10 slimmer-like networks with one
+action each, with the independent protocol on (`independent=true`). Reported for every build, not the best:
 
-* per-row disagreement between builds: (max - min) / median of each layer row's ms, over rows above 5 us;
-* whole-network disagreement: the same for `predict` of the 40 held-out networks;
-* each build's calibration scale and its validation figures (calibrated and raw), every build, not the best;
-* the machine's drift between the build and its validation (the build's calibration networks re-timed with the
-  held-out ones), and the figures recalibrated on those networks alone (`nas.build_lut recalibrate=true`).
+* the chosen correction and its leave-one-out error, and how much the machine's speed varied during the build;
+* within +-10% as built, the drift since the build, within +-10% with each group's drift removed ('now'), Spearman
+  and the worst error, as built and now;
+* the independent protocol (each network alone, back-to-back runs, shuffled blocks): within +-10% with its
+  global drift removed, and its distance from the build's protocol against its own spread;
+* the per-row disagreement between a configuration's builds.
 
-Builds and validations run one after another, never two timings at once. Output: a table on stdout,
-benchmarks/results/lut_repeatability.{txt,csv}, and every held-out network of every build (predicted, raw,
-measured) in lut_repeatability_networks.csv.
+Builds and validations run one after another, never two timings at once. Output: a table on stdout, `OUT.txt`,
+`OUT.csv` (one row per build) and `OUT_networks.csv` (every held-out network of every build).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from latency_lut.table import KEY_COLUMNS, LAYER_KINDS, LatencyTable, decode_stages  # noqa: E402
+from latency_lut.backends import cpu_name  # noqa: E402
+from latency_lut.table import KEY_COLUMNS, LAYER_KINDS, LatencyTable  # noqa: E402
 from nas.build_lut import BuildLUTConfig  # noqa: E402
 from nas.build_lut import run as build_lut  # noqa: E402
 from nas.config import compose  # noqa: E402
@@ -41,100 +44,102 @@ from nas.validate_lut import run as validate_lut  # noqa: E402
 from supernet.files import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CONFIGS = ["torch:1:64:1", "onnxruntime:1:64:1", "torch:2:64:1", "onnxruntime:2:64:1", "torch:1:96:1"]
+CONFIGS += ["onnxruntime:1:64:4"]
 
 
-def spread(values: np.ndarray) -> np.ndarray:
-    """(max - min) / median along axis 1, in %."""
-    return (values.max(1) - values.min(1)) / np.median(values, 1) * 100
+def overrides(config: str, space: str) -> tuple[list[str], list[str]]:
+    """(build_lut overrides, validate_lut overrides) of a backend:threads:input_size:batch configuration."""
+    backend, threads, size, batch = config.split(":")
+    common = [f"space={space}", f"space.input_size={int(size)}"]
+    return [*common, f"backend={backend}", f"threads={int(threads)}", f"batch={int(batch)}"], common
 
 
-def build_and_validate(backend: str, b: int, space: str, work: Path) -> tuple[dict, LatencyTable, pd.DataFrame]:
-    """Build `b`-th fresh LUT of `backend` and validate it; its row of figures, the table and the validation."""
-    lut = work / f"{backend}-{b}" / "lut.csv"
+def build_and_validate(
+    config: str, b: int, a: argparse.Namespace, work: Path
+) -> tuple[dict, LatencyTable, pd.DataFrame]:
+    """The `b`-th fresh LUT of `config`, built and validated; its row of figures, the table and the validation."""
+    lut = work / f"{config.replace(':', '-')}-{b}" / "lut.csv"
+    build, validate = overrides(config, a.space)
+    build, validate = build + a.measure, validate + [o for o in a.measure if o.startswith(("measure.", "space."))]
     t0 = time.time()
-    build_lut(compose("build_lut", [f"space={space}", f"backend={backend}", f"out={lut}"], BuildLUTConfig))
+    build_lut(compose("build_lut", [*build, f"out={lut}"], BuildLUTConfig))
     build_s, t0 = time.time() - t0, time.time()
-    df = validate_lut(compose("validate_lut", [f"space={space}", f"lut={lut}"], ValidateLUTConfig))
+    more = [f"lut={lut}", f"samples={a.samples}", "action_pairs=10", "independent=true", *a.validate]
+    df = validate_lut(compose("validate_lut", [*validate, *more], ValidateLUTConfig))
     table = LatencyTable.load(lut)
-    cal, raw, act, now = df.attrs["calibrated"], df.attrs["raw"], df.attrs["actions"], df.attrs["recalibrated"]
-    row = {"backend": backend, "build": b + 1, "build_s": round(build_s, 1), "validate_s": round(time.time() - t0, 1)}
-    row.update(scale=round(table.calibration.scale, 4), within10_cal=cal["within_10pct"])
-    row.update(within10_raw=raw["within_10pct"], within10_now=now["within_10pct"], drift=df.attrs["drift"])
-    row.update(spearman_now=now["spearman"], worst_now=now["worst_abs_pct_err"])
-    row.update(median_abs_err_cal=cal["median_abs_pct_err"], median_err_raw=raw["median_signed_pct_err"])
-    row.update(worst_cal=cal["worst_abs_pct_err"], spearman_cal=cal["spearman"], sign_agree=act["sign_agree"])
-    row.update(pairs_above_noise=act["above_noise"], networks=len(df))
+    c, f = table.calibration, df.attrs
+    cal, raw, now, alone = f["calibrated"], f["raw"], f["recalibrated"], f["alone_drift_removed"]
+    row = {"config": config, "build": b + 1, "build_s": round(build_s, 1), "validate_s": round(time.time() - t0, 1)}
+    row.update(correction=c.name, cv_error=c.cv_error, host_variation=table.host_variation, drift=f["drift"])
+    row.update(within10_cal=cal["within_10pct"], within10_now=now["within_10pct"], within10_raw=raw["within_10pct"])
+    row.update(spearman_cal=cal["spearman"], spearman_now=now["spearman"], worst_cal=cal["worst_abs_pct_err"])
+    row.update(worst_now=now["worst_abs_pct_err"], median_abs_err_now=now["median_abs_pct_err"])
+    row.update(within10_alone=alone["within_10pct"], spearman_alone=alone["spearman"], alone_drift=f["alone_drift"])
+    row.update(alone_gap=f["alone_agreement"]["median_gap"], alone_spread=f["alone_agreement"]["median_spread"])
+    row.update(sign_agree=f["actions"]["sign_agree"], networks=len(df))
     return row, table, df
 
 
-def agreement(backend: str, tables: list[tuple[LatencyTable, pd.DataFrame]]) -> dict:
-    """How much the builds disagree: per layer row, and per validation network's prediction."""
-    layer = [t.df[t.df["kind"].isin(LAYER_KINDS)].set_index(KEY_COLUMNS)["ms"] for t, _ in tables]
+def row_spread(tables: list[LatencyTable]) -> float:
+    """The median over layer rows above 5 us of (max - min) / median across builds, in %."""
+    layer = [t.df[t.df["kind"].isin(LAYER_KINDS)].set_index(KEY_COLUMNS)["ms"] for t in tables]
     ms = pd.concat(layer, axis=1).dropna().to_numpy()
     ms = ms[ms.min(1) > 0.005]
-    base = tables[0][0].base_spec()
-    specs = [decode_stages(a, base) for a in tables[0][1]["arch"]]
-    r, n = spread(ms), spread(np.array([[t.predict(s) for t, _ in tables] for s in specs]))
-    agree = {"backend": backend, "rows": len(ms), "row_spread_median": float(np.median(r))}
-    agree.update(row_spread_p90=float(np.percentile(r, 90)), row_spread_max=float(r.max()))
-    agree.update(net_spread_median=float(np.median(n)), net_spread_max=float(n.max()))
-    return agree
-
-
-def one_backend(backend: str, builds: int, space: str, work: Path) -> tuple[list[dict], dict, list[pd.DataFrame]]:
-    """Each build's figures, the disagreement between builds, and each build's held-out networks."""
-    done = [build_and_validate(backend, b, space, work) for b in range(builds)]
-    frames = [df.assign(backend=backend, build=row["build"]) for row, _, df in done]
-    return [row for row, _, _ in done], agreement(backend, [(table, df) for _, table, df in done]), frames
+    return float(np.median((ms.max(1) - ms.min(1)) / np.median(ms, 1) * 100))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
-    p.add_argument("--builds", type=int, default=3)
+    p.add_argument("--configs", nargs="+", default=CONFIGS, help="backend:threads:input_size:batch")
+    p.add_argument("--builds", type=int, default=2)
+    p.add_argument("--samples", type=int, default=30)
     p.add_argument("--space", default="tiny")
+    p.add_argument("--out", default=str(RESULTS / "lut_configs"), help="output prefix (OUT.txt, OUT.csv, ...)")
+    p.add_argument(
+        "--measure", nargs="*", default=[], help="extra build_lut overrides (measure.* and space.* also validate's)"
+    )
+    p.add_argument("--validate", nargs="*", default=[], help="extra validate_lut overrides")
     a = p.parse_args()
+    for c in a.configs:
+        overrides(c, a.space)  # a malformed configuration fails now, not an hour in
     t_start = time.time()
-    per_build, agreement, nets = [], [], []
+    rows, nets, spreads = [], [], {}
     with tempfile.TemporaryDirectory() as work:
-        for backend in a.backends:
-            rows, agree, frames = one_backend(backend, a.builds, a.space, Path(work))
-            per_build += rows
-            agreement.append(agree)
-            nets += frames
-    builds = pd.DataFrame(per_build)
-    networks = pd.concat(nets, ignore_index=True)
+        for config in a.configs:
+            done = []
+            for b in range(a.builds):
+                done.append(build_and_validate(config, b, a, Path(work)))
+                rows.append(done[-1][0])
+                nets.append(done[-1][2].assign(config=config, build=b + 1))
+                write(Path(a.out), rows, nets)  # every finished build at once: a long run loses at most one
+            spreads[config] = row_spread([t for _, t, _ in done]) if len(done) > 1 else float("nan")
     lines = [
-        f"LUT repeatability: space={a.space}, {a.builds} fresh builds per backend, each validated on the same held-out "
-        f"networks ({builds['networks'].iloc[0]}); {time.time() - t_start:.0f} s in all",
+        f"LUT method across configurations: space={a.space}, {a.builds} fresh builds each, {a.samples} held-out "
+        f"networks per validation; CPU {cpu_name()}; {time.time() - t_start:.0f} s in all",
+        "config = backend:threads:input:batch; host = the machine's variation during the build (calibration visits);",
+        "cal = predict as built; now = each group's drift removed (its reference networks); alone = the independent",
+        "protocol with its global drift removed; gap = its median distance from the build's protocol (spread: its own)",
         "",
-        "Disagreement between builds ((max-min)/median, %):",
-        f"{'backend':<13}{'rows':>6}{'row median':>12}{'row p90':>9}{'row max':>9}{'net median':>12}{'net max':>9}",
+        f"{'config':<20}{'b':>2}{'correction':>11}{'cv err':>7}{'host':>6}{'drift':>7}{'±10% cal':>9}{'±10% now':>9}"
+        f"{'ρ cal':>7}{'ρ now':>7}{'worst now':>10}{'±10% alone':>11}{'gap':>6}{'spread':>7}{'sign':>6}{'rows±':>7}",
     ]
-    for g in agreement:
+    for r in rows:
         lines.append(
-            f"{g['backend']:<13}{g['rows']:>6}{g['row_spread_median']:>11.1f}%{g['row_spread_p90']:>8.1f}%"
-            f"{g['row_spread_max']:>8.1f}%{g['net_spread_median']:>11.1f}%{g['net_spread_max']:>8.1f}%"
-        )
-    lines += [
-        "",
-        "Validation of each build (cal = predict as built; raw = plain sum; now = recalibrated on the 12 calibration",
-        "networks re-timed with the held-out ones; drift = how much slower the machine ran than during the build):",
-        f"{'backend':<13}{'build':>6}{'scale':>7}{'±10% cal':>10}{'±10% raw':>10}{'|err| cal':>10}{'raw bias':>10}"
-        f"{'worst cal':>10}{'Spearman':>9}{'sign ok':>9}{'drift':>8}{'±10% now':>10}{'worst now':>10}{'build s':>8}",
-    ]
-    for r in per_build:
-        lines.append(
-            f"{r['backend']:<13}{r['build']:>6}{r['scale']:>7.3f}{r['within10_cal'] * 100:>9.0f}%"
-            f"{r['within10_raw'] * 100:>9.0f}%{r['median_abs_err_cal']:>9.1f}%{r['median_err_raw']:>+9.1f}%"
-            f"{r['worst_cal']:>9.1f}%{r['spearman_cal']:>9.3f}{r['sign_agree'] * 100:>8.0f}%{r['drift'] * 100:>+7.1f}%"
-            f"{r['within10_now'] * 100:>9.0f}%{r['worst_now']:>9.1f}%{r['build_s']:>8.1f}"
+            f"{r['config']:<20}{r['build']:>2}{r['correction']:>11}{r['cv_error'] * 100:>6.1f}%"
+            f"{r['host_variation'] * 100:>5.1f}%{r['drift'] * 100:>+6.1f}%{r['within10_cal'] * 100:>8.0f}%"
+            f"{r['within10_now'] * 100:>8.0f}%{r['spearman_cal']:>7.3f}{r['spearman_now']:>7.3f}{r['worst_now']:>9.1f}%"
+            f"{r['within10_alone'] * 100:>10.0f}%{r['alone_gap'] * 100:>5.1f}%{r['alone_spread'] * 100:>6.1f}%"
+            f"{r['sign_agree'] * 100:>5.0f}%{spreads[r['config']]:>6.1f}%"
         )
     text = "\n".join(lines)
     print(text)
-    atomic_write_text(RESULTS / "lut_repeatability.txt", text + "\n")
-    atomic_write_text(RESULTS / "lut_repeatability.csv", builds.to_csv(index=False))
-    atomic_write_text(RESULTS / "lut_repeatability_networks.csv", networks.to_csv(index=False))
+    atomic_write_text(Path(a.out).with_suffix(".txt"), text + "\n")
+
+
+def write(out: Path, rows: list[dict], nets: list[pd.DataFrame]) -> None:
+    atomic_write_text(out.with_suffix(".csv"), pd.DataFrame(rows).to_csv(index=False))
+    atomic_write_text(out.with_name(out.name + "_networks.csv"), pd.concat(nets, ignore_index=True).to_csv(index=False))
 
 
 if __name__ == "__main__":

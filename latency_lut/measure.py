@@ -61,6 +61,8 @@ class MeasureConfig:
     min_rounds: int = 0  # > 0: adaptive. A group stops before `rounds` once it has run this many rounds and every
     settle_pct: float = 1.0  # item's statistic moved by less than this % in each of the last two rounds (large
     # networks, e.g. the l7 space at 224 px, settle fast; their builds would take hours at fixed round counts)
+    references: int = 2  # whole networks timed at build time, added to every group of a validation or --verify
+    # measurement, so that each group is read relative to the machine's speed at build time (`measure_networks`)
 
 
 @dataclass(frozen=True)
@@ -265,27 +267,80 @@ def measure_networks(
     cfg: MeasureConfig,
     batch: int = 1,
     seed: int = 0,
+    references: Sequence[tuple[ArchSpec, float]] = (),
 ) -> list[dict[str, float]]:
     """Whole fused deploy networks timed in interleaved groups of `cfg.interleave` and `cfg.passes` passes, as the
     table's own items are: the one way this project measures a network (validation, calibration, `nas.slim
     --verify`, export). Pass lists of specs (units) to keep networks whose difference matters in one group.
-    Results follow the input order (flattened)."""
+    Results follow the input order (flattened).
+
+    With `references` (networks with their latency at build time, e.g. `LatencyTable.networks()`), every group
+    also times `cfg.references` of them, cycling through the list, and each result gets `drift`: the median over
+    its group's references of (now / at build). `ms / drift` then reads the network as the machine ran during the
+    build, so a slow period of the host that covers one group cancels instead of deciding. Without references,
+    `drift` is 1."""
     units = [list(u) for u in specs] if specs and not isinstance(specs[0], ArchSpec) else [[s] for s in specs]
     rng = random.Random(seed)
     order = list(range(len(units)))
     rng.shuffle(order)
-    # items are positions in the flattened input (specs need not be distinct or hashable-unique)
+    # items are positions in the flattened input, then in the references (specs need not be distinct)
     offsets = np.cumsum([0] + [len(u) for u in units])
     flat = [s for u in units for s in u]
-    groups = pack([list(range(offsets[k], offsets[k + 1])) for k in order], max(cfg.interleave, 1))
+    n_refs = min(max(cfg.references, 0), len(references)) if references else 0
+    size = max(cfg.interleave - n_refs, 1)
+    groups = pack([list(range(offsets[k], offsets[k + 1])) for k in order], size)
+    nets, then = list(flat), {}  # each reference occurrence is an item of its own: its group's reading
+    for g in groups:  # each group's references, cycling so that every reference is re-timed as often as any
+        for _ in range(n_refs):
+            spec, ms = references[(len(nets) - len(flat)) % len(references)]
+            then[len(nets)] = ms
+            g.append(len(nets))
+            nets.append(spec)
     results: dict[int, dict[str, float]] = {}
+    drift: dict[int, float] = {}
 
-    def on_chunk(_, per_pass: dict[Any, list[dict[str, float]]]) -> None:
+    def on_chunk(chunk: list[list[int]], per_pass: dict[Any, list[dict[str, float]]]) -> None:
         results.update({i: combine_passes(p, whole=True) for i, p in per_pass.items()})
+        for g in chunk:
+            ratios = [results[i]["ms"] / then[i] for i in g if i in then]
+            drift.update({i: float(np.median(ratios)) if ratios else 1.0 for i in g if i not in then})
 
-    prepare = lambda i: backend.prepare(*network_module(flat[i], batch))  # noqa: E731
+    prepare = lambda i: backend.prepare(*network_module(nets[i], batch))  # noqa: E731
     measure_in_passes(groups, prepare, backend, cfg, rng, on_chunk)
-    return [results[i] for i in range(len(flat))]
+    return [{**results[i], "drift": drift[i]} for i in range(len(flat))]
+
+
+def measure_alone(
+    specs: Sequence[ArchSpec],
+    backend: Backend,
+    batch: int = 1,
+    runs: int = 100,
+    blocks: int = 5,
+    warmup: int = 10,
+    seed: int = 0,
+    progress: Any = None,
+) -> list[dict[str, float]]:
+    """The deployment-benchmark protocol, independent of the table's: each network alone, `warmup` untimed runs,
+    then `runs` back-to-back timed runs, their median. The networks are cycled `blocks` times, each time in a fresh
+    shuffled order, so that drift hits all of them alike; a network's latency is the median of its block medians,
+    and `spread` the (max - min) / median of those (the protocol's own noise, relative)."""
+    runners = [backend.prepare(*network_module(s, batch)) for s in specs]
+    rng = random.Random(seed)
+    medians: list[list[float]] = [[] for _ in specs]
+    order = list(range(len(specs)))
+    for _ in range(blocks):
+        rng.shuffle(order)
+        for k in order:
+            for _ in range(warmup):
+                runners[k]()
+            medians[k].append(float(np.median(backend.time(runners[k], runs))))
+            if progress is not None:
+                progress.update(1)
+    out = []
+    for m in medians:
+        mid = float(np.median(m))
+        out.append({"ms": mid, "spread": (max(m) - min(m)) / mid, "runs": runs * blocks})
+    return out
 
 
 def chain_difference(with_row: dict[str, float], without: dict[str, float]) -> dict[str, float]:

@@ -19,10 +19,12 @@ Two more kinds are not layers:
             stages (`encode_stages`), in_width its index, width its visit: each network is measured on several
             visits spread over the build, and its latency is their median. From these the table fits its correction.
 
-Calibration (`Calibration`): measured ~ scale * raw_sum, the scale being the median of measured / raw over the
-`net` rows (why not affine: see `Calibration`). `predict` applies it; `raw` is the plain sum. A table
-without `net` rows loads, and says it is uncalibrated. The fit is a pure function of the stored measurements, so
-a table measured on another machine and imported keeps its own calibration.
+Calibration (`latency_lut/correction.py`): a correction from the raw sum of rows to whole-network latency,
+fitted on the `net` rows, its model (a scale, affine, a power law or one scale per row group) chosen by
+leave-one-out error over those networks. `predict` applies it, `predict_interval` adds an interval; `raw` is the
+plain sum. A table without `net` rows loads, and says it is uncalibrated. The fit is a pure function of the
+stored measurements, so a table measured on another machine and imported keeps its own calibration. The spread
+of each network over its visits says how steady the machine was during the build (`host_variation`).
 
 Every row also carries the measurement's metadata (backend, device, library versions, threads, batch, input
 size) and the `fingerprint`: every block hyper-parameter that changes latency. A spec that differs from the
@@ -33,13 +35,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from latency_lut.correction import GROUP_NAMES, GROUPS, Correction, fit_correction, host_variation
 from supernet.arch import ArchSpec, StageSpec
 from supernet.errors import UserError
 from supernet.model import Layer, layer_plan
@@ -52,6 +54,7 @@ META_COLUMNS = ["backend", "device", "versions", "threads", "batch", "input_size
 COLUMNS = KEY_COLUMNS + ["resolution"] + LATENCY_COLUMNS + META_COLUMNS
 OPTIONAL_COLUMNS = ["fingerprint", "arch"]  # absent in tables written before they existed
 CALL_KEY = ("call", 0, 0, 0)
+UNSTEADY = 0.03  # a build whose machine speed varied more than this (host_variation) warns that figures are loose
 
 Key = tuple[str, int, int, int]
 Row = Layer  # a table row is keyed like a layer of the model's plan
@@ -126,33 +129,6 @@ def decode_stages(text: str, base: ArchSpec) -> ArchSpec:
     return base.replace(stages=tuple(stages)).validate()
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """measured ~ scale * raw: one factor per table, the median of measured / raw over its `n` networks.
-
-    Why a scale alone: the per-call overhead a network pays once is already priced (the `call` row), so the
-    offset an affine fit would estimate is known. Fitted from 12 noisy networks, that offset swung by +-0.1 ms and
-    pushed small networks 20% off (measured on `tiny`, torch, one build validated twice: 95% and 98% of held-out
-    networks within +-10% with the affine fit; on the second validation's data, 100% with the scale). The median
-    ratio shrugs off a network caught in a burst of interference.
-    """
-
-    scale: float
-    n: int
-
-    def __call__(self, raw_ms: float) -> float:
-        return self.scale * raw_ms
-
-    @classmethod
-    def fit(cls, raw: np.ndarray, measured: np.ndarray) -> Calibration:
-        """
-        >>> Calibration.fit(np.array([1.0, 2.0, 4.0]), np.array([1.1, 2.6, 4.4])).scale
-        1.1
-        """
-        ratios = np.asarray(measured, float) / np.asarray(raw, float)
-        return cls(float(np.median(ratios)), len(ratios))
-
-
 def file_hash(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
@@ -176,11 +152,11 @@ class LatencyTable:
         }
         fp = first["fingerprint"] if "fingerprint" in self.df.columns else None
         self.fingerprint: dict[str, str] | None = decode_fingerprint(fp, source) if isinstance(fp, str) and fp else None
-        self.calibration: Calibration | None = None
+        self.calibration: Correction | None = None
         nets = self.networks()
         if len(nets) >= 3 and not any(self.missing(spec) for spec, _ in nets):  # (a partial build: not yet)
-            raw = np.array([self.raw(spec) for spec, _ in nets])
-            self.calibration = Calibration.fit(raw, np.array([ms for _, ms in nets]))
+            parts = np.array([self.raw_parts(spec) for spec, _ in nets])
+            self.calibration = fit_correction(parts, self.call_ms, np.array([ms for _, ms in nets]))
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
@@ -226,6 +202,16 @@ class LatencyTable:
                 int(fp["attention.key_dim"]), int(fp["attention.num_heads"]), float(fp["attention.attn_ratio"])
             ),
         )
+
+    @property
+    def host_variation(self) -> float:
+        """How much the machine's speed varied during the build: the median over calibration networks of the
+        spread of their visits (`correction.host_variation`); nan with fewer than two visits."""
+        nets = self.df[self.df["kind"] == "net"]
+        if nets.empty:
+            return float("nan")
+        visits = nets.pivot_table(index="in_width", columns="width", values="ms").dropna()
+        return host_variation(visits.to_numpy()) if len(visits) else float("nan")
 
     def networks(self) -> list[tuple[ArchSpec, float]]:
         """The calibration networks stored in the table, in index order, each with its measured latency: the
@@ -282,15 +268,42 @@ class LatencyTable:
             raise LUTError(f"{self.source} lacks the row {row}")
         return self._ms[row.key]
 
+    def raw_parts(self, spec: ArchSpec) -> np.ndarray:
+        """The spec's layer rows summed per row group (`correction.GROUP_NAMES`), without the call (ms)."""
+        self.check(spec)
+        parts = dict.fromkeys(GROUP_NAMES, 0.0)
+        for r in spec_rows(spec):
+            parts[GROUPS[r.kind]] += self._ms[r.key]
+        return np.array(list(parts.values()))
+
     def raw(self, spec: ArchSpec) -> float:
         """The plain sum: the spec's layer rows plus one per-call overhead (ms)."""
         self.check(spec)
         return float(sum(self._ms[r.key] for r in spec_rows(spec))) + self.call_ms
 
     def predict(self, spec: ArchSpec, calibrated: bool = True) -> float:
-        """Predicted latency of `spec` in ms: the calibrated raw sum (the raw sum if uncalibrated)."""
-        raw = self.raw(spec)
-        return self.calibration(raw) if calibrated and self.calibration is not None else raw
+        """Predicted latency of `spec` in ms: the corrected raw sum (the raw sum if uncalibrated)."""
+        if calibrated and self.calibration is not None:
+            return float(self.calibration(self.raw_parts(spec)))
+        return self.raw(spec)
+
+    def predict_interval(self, spec: ArchSpec, level: float = 0.9) -> tuple[float, float, float]:
+        """(predicted, low, high) ms. The interval's half-width, relative, adds in quadrature: the rows' own
+        standard error (as `difference_se`, over all the spec's rows), the correction's cross-validated error
+        (its 90th percentile, or its mean for a lower `level`) and the machine's variation during the build.
+        A guide to how far a measurement may land, not a guarantee: drift after the build is not in it."""
+        ms = self.predict(spec)
+        counts: dict[Key, int] = {}
+        for r in spec_rows(spec):
+            counts[r.key] = counts.get(r.key, 0) + 1
+        rows_se = math.sqrt(sum((self._spread[k] / math.sqrt(self._runs[k]) * n) ** 2 for k, n in counts.items()))
+        rel = [1.645 * rows_se / max(self.raw(spec), 1e-12)]
+        if self.calibration is not None and np.isfinite(self.calibration.cv_error):
+            rel.append(self.calibration.cv_p90 if level >= 0.9 else self.calibration.cv_error)
+        if np.isfinite(self.host_variation):
+            rel.append(self.host_variation / 2)  # the visits' full range; a measurement lands within half of it
+        half = math.sqrt(sum(x * x for x in rel)) * ms
+        return ms, max(ms - half, 0.0), ms + half
 
     @staticmethod
     def differing_rows(a: ArchSpec, b: ArchSpec) -> dict[Key, int]:
@@ -309,7 +322,8 @@ class LatencyTable:
         """The standard error of `predict(a) - predict(b)`, from the rows in which they differ. A row's statistic
         (the 25th percentile of its `runs` samples) has a standard error of about (p75 - p25) / sqrt(runs): the
         normal approximation of a quantile's error, 1.36 sigma / sqrt(n), with sigma = IQR / 1.349. A row used n
-        times counts n times (one measurement), distinct rows add in quadrature, and the calibration scales it.
+        times counts n times (one measurement), distinct rows add in quadrature, and the calibration's typical
+        measured / raw ratio scales it.
         The slimmer's floor on a saving is a multiple of this: a smaller saving is indistinguishable from noise."""
         diff = self.differing_rows(a, b)
         se = math.sqrt(sum((self._spread[k] / math.sqrt(self._runs[k]) * n) ** 2 for k, n in diff.items()))
@@ -332,15 +346,23 @@ class LatencyTable:
 
     def describe(self) -> str:
         m = self.meta
-        cal = (
-            f"calibrated on {self.calibration.n} networks (x{self.calibration.scale:.3f})"
-            if self.calibration
-            else "uncalibrated"
-        )
+        cal = f"calibrated: {self.calibration.describe()}" if self.calibration else "uncalibrated"
         return (
             f"{m['backend']} on {m['device']}, {m['threads']} thread(s), batch {m['batch']}, {m['input_size']} px, "
             f"{cal}"
         )
+
+    def steadiness(self) -> str:
+        """One line on how steady the machine was during the build, a warning above `UNSTEADY`."""
+        v = self.host_variation
+        if not np.isfinite(v):
+            return "machine steadiness during the build: unknown (fewer than two visits per calibration network)"
+        if v > UNSTEADY:
+            return (
+                f"warning: this machine's speed varied by {v * 100:.1f}% during the build; absolute figures are "
+                f"uncertain by about that much"
+            )
+        return f"this machine's speed varied by {v * 100:.1f}% during the build (calibration visits)"
 
 
 def validate_frame(df: pd.DataFrame, source: str) -> pd.DataFrame:

@@ -60,7 +60,7 @@ class BuildLUTConfig:
     in_chans: int = 3
     convert_only: bool = False  # coreml: convert every block and report failures, no timing
     width_step: int = 16  # stage widths are measured in steps of this many channels
-    calibration_networks: int = 12  # whole networks measured with the rows; the table fits its correction on them
+    calibration_networks: int = 24  # whole networks measured with the rows; the table fits its correction on them
     calibration_seed: int = 1000  # validation draws with other seeds and skips these networks
     calibration_visits: int = 3  # each calibration network is measured this many times, spread over the build
     recalibrate: bool = False  # re-time only the calibration networks of the existing out= LUT (machine drift)
@@ -156,8 +156,18 @@ def calibration_nets(cfg: BuildLUTConfig) -> list[Net]:
 def finish(out: Path) -> Path:
     table = LatencyTable.load(out)  # re-validate what was written, and fit the calibration
     log.info("wrote %s: %d rows, %s", out, len(table.df), table.describe())
+    print(fit_report(table))
     print(out)
     return out
+
+
+def fit_report(table: LatencyTable) -> str:
+    """The chosen correction, every model tried with its cross-validated error, and the machine's steadiness."""
+    if table.calibration is None:
+        return "uncalibrated: predict is the raw sum of rows (build with calibration_networks >= 3)"
+    c = table.calibration
+    tried = ", ".join(f"{m} {e * 100:.1f}%" for m, e in c.candidates) or "none (too few networks)"
+    return f"{c.describe()}\nleave-one-out error of each model tried: {tried}\n{table.steadiness()}"
 
 
 def make_bundle(cfg: BuildLUTConfig, spec, rows: list[Row]) -> Path:
@@ -201,7 +211,7 @@ def recalibrate(out: Path, backend, cfg: BuildLUTConfig) -> Path:
     nets = table.networks()
     if not nets:
         raise LUTError(f"{out} holds no calibration networks to re-time (build it with calibration_networks > 0)")
-    before = table.calibration.scale if table.calibration else float("nan")
+    before = table.calibration.describe() if table.calibration else "uncalibrated"
     df = table.df.copy()
     rows = df.index[df["kind"] == "net"]  # every visit is re-timed (measure_networks spreads repeats in time)
     base = table.base_spec()
@@ -210,8 +220,8 @@ def recalibrate(out: Path, backend, cfg: BuildLUTConfig) -> Path:
     for i, st in zip(rows, stats):
         df.loc[i, ["ms", "p25_ms", "p75_ms", "runs"]] = [st["ms"], st["p25_ms"], st["p75_ms"], st["runs"]]
     write_csv_atomic(df, out)
-    after = LatencyTable.load(out).calibration.scale
-    log.info("recalibrated %s on %d networks (%d visits): scale %.4f -> %.4f", out, len(nets), len(rows), before, after)
+    after = LatencyTable.load(out).calibration.describe()
+    log.info("recalibrated %s on %d networks (%d visits): %s -> %s", out, len(nets), len(rows), before, after)
     print(out)
     return out
 

@@ -186,7 +186,7 @@ def search(
         if backend is not None:
             batch = int(table.meta["batch"])
             firsts = {t: r[-1] for t, r in refills.items() if r}
-            verified = verify_targets(traj, targets, slimmer, net, backend, cfg.measure, batch, cfg.seed, firsts)
+            verified = verify_targets(traj, targets, slimmer, net, table, backend, cfg.measure, batch, cfg.seed, firsts)
     return traj, refills, verified, slimmer
 
 
@@ -256,6 +256,7 @@ def run(cfg: SlimConfig) -> Path:
     table = LatencyTable.load(lut_path)
     check_lut_covers(table, net, cfg.width_step)
     log.info("supernet %s (space %s), LUT %s (%s)", sn_path, net.space.name, lut_path, table.describe())
+    log.info("LUT: %s", table.steadiness())
     check_reachable(net, table, targets, cfg.width_step)
     out = output_dir(cfg)
     val, bn = cached_batches(supernet_data_config(ckpt), cfg.val_images, cfg.bn_batches, cfg.batch_size, cfg.seed)

@@ -6,10 +6,17 @@ emptied or narrowed, with and without MB3D). Each whole fused deploy network is 
 and settings, all of them interleaved in shuffled rounds, and compared with `predict` (calibrated) and with the
 raw sum, side by side: median absolute % error, the share within +-10%, Spearman rank correlation.
 
-Drift: the table's own calibration networks are re-timed in the same rounds. Their ratio to the stored times is
-the machine's drift since the build, and the scale they give today is reported as 'recalibrated now' beside the
-build-time calibration: what `nas.build_lut recalibrate=true out=LUT` would give (the held-out networks stay out
-of every fit).
+Drift: every interleaved group also times `measure.references` of the table's own calibration networks, whose
+latency at build time the table holds (`measure_networks(references=...)`). Their ratio now / then is the
+machine's drift since the build, read per group: 'recalibrated now' compares each network, divided by its own
+group's drift, with `predict`, so that a slow period of the host that covers one group cancels instead of
+deciding. The median over groups is the global drift, printed beside the as-built figures (the held-out networks
+stay out of every fit).
+
+Independent protocol (`independent=true`): the same held-out networks, and the calibration networks for the
+drift, timed again the way a deployment benchmark times a model (`measure_alone`: each network alone, warm-up,
+back-to-back runs, their median; networks cycled in shuffled blocks). Reported raw and with its global drift
+removed, and how far it lies from the build's protocol against its own block-to-block spread.
 
 Action differences: for `action_pairs` slimmer-like networks, one slimming action each (drop one MetaPath,
 narrow one stage by the width step, remove one MB3D) gives a pair whose latency difference is both predicted and
@@ -29,11 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from latency_lut.backends import make_backend
-from latency_lut.measure import MeasureConfig, measure_networks
+from latency_lut.measure import MeasureConfig, measure_alone, measure_networks
 from latency_lut.sampling import mixed_specs, slimmer_like_spec
-from latency_lut.table import Calibration, LatencyTable, LUTError, encode_stages
+from latency_lut.table import LatencyTable, LUTError, encode_stages
 from nas.config import config_main
 from nas.errors import run_cli
 from supernet.arch import ArchSpec, StageSpec
@@ -52,6 +60,9 @@ class ValidateLUTConfig:
     num_classes: int = 10
     out: str | None = None  # folder for validation.csv / actions.csv / validation.png; default: beside the LUT
     seed: int = 0
+    independent: bool = False  # also time the held-out networks as a deployment benchmark does (measure_alone)
+    independent_runs: int = 100  # back-to-back runs per network per block, after 10 warm-up runs ...
+    independent_blocks: int = 5  # ... in this many shuffled blocks
     measure: MeasureConfig = field(default_factory=MeasureConfig)  # as nas.build_lut times its calibration networks
 
 
@@ -98,6 +109,8 @@ def run(cfg: ValidateLUTConfig) -> pd.DataFrame:
     if cfg.samples < 3:
         raise LUTError(f"samples={cfg.samples}: need at least 3 networks for error and rank statistics")
     meta = table.meta
+    if cfg.independent and (cfg.independent_runs < 1 or cfg.independent_blocks < 1):
+        raise LUTError("independent_runs and independent_blocks must be at least 1")
     if int(meta["input_size"]) != cfg.space.input_size:
         raise LUTError(
             f"{cfg.lut} was measured at {meta['input_size']} px but space {cfg.space.name} is "
@@ -130,20 +143,21 @@ def run(cfg: ValidateLUTConfig) -> pd.DataFrame:
         cfg.measure.rounds,
         cfg.measure.runs_per_round,
     )
-    groups = [[s] for s in specs] + list(units.values()) + [[s] for s, _ in fit]
-    stats = measure_networks(groups, backend, cfg.measure, int(meta["batch"]), cfg.seed + 2)
-    measured = {encode_stages(s): st for s, st in zip(specs + pair_specs + [s for s, _ in fit], stats)}
-    now = recalibration(table, fit, measured)
-    df = network_frame(specs, measured, table, now)
+    groups = [[s] for s in specs] + list(units.values())
+    stats = measure_networks(groups, backend, cfg.measure, int(meta["batch"]), cfg.seed + 2, references=fit)
+    measured = {encode_stages(s): st for s, st in zip(specs + pair_specs, stats)}
+    df = network_frame(specs, measured, table)
     actions = action_frame(pairs, measured, table)
+    pred, raw, meas = (df[c].to_numpy() for c in ("predicted_ms", "raw_ms", "measured_ms"))
+    figures = {"calibrated": error_stats(pred, meas), "raw": error_stats(raw, meas), "actions": sign_stats(actions)}
+    if fit:
+        figures["recalibrated"] = error_stats(df["recalibrated_ms"].to_numpy(), meas)
+        figures["drift"] = float(np.median(df["drift"]) - 1)
+    if cfg.independent:
+        figures.update(independent_protocol(cfg, specs, fit, backend, df))
     out_dir = Path(cfg.out) if cfg.out else Path(cfg.lut).parent
     atomic_write_text(out_dir / "validation.csv", df.to_csv(index=False))
     atomic_write_text(out_dir / "actions.csv", actions.to_csv(index=False))
-    pred, raw, meas = (df[c].to_numpy() for c in ("predicted_ms", "raw_ms", "measured_ms"))
-    figures = {"calibrated": error_stats(pred, meas), "raw": error_stats(raw, meas), "actions": sign_stats(actions)}
-    if now is not None:
-        figures["recalibrated"] = error_stats(df["recalibrated_ms"].to_numpy(), meas)
-        figures["drift"] = now["drift"]
     print(report(df, figures, table))
     from nas.plots import plot_lut_validation
 
@@ -153,22 +167,42 @@ def run(cfg: ValidateLUTConfig) -> pd.DataFrame:
     return df
 
 
-def recalibration(
-    table: LatencyTable, fit: list[tuple[ArchSpec, float]], measured: dict[str, dict]
-) -> dict[str, float] | None:
-    """The table's calibration networks as re-timed now: the scale they give today, and the machine's drift
-    since the build (median of now / then; +5% = the machine runs 5% slower now). None without calibration."""
-    if len(fit) < 3:
-        return None
-    now = np.array([measured[encode_stages(s)]["ms"] for s, _ in fit])
-    then = np.array([ms for _, ms in fit])
-    raw = np.array([table.raw(s) for s, _ in fit])
-    return {"scale": Calibration.fit(raw, now).scale, "drift": float(np.median(now / then) - 1)}
+def independent_protocol(
+    cfg: ValidateLUTConfig, specs: list[ArchSpec], fit: list[tuple[ArchSpec, float]], backend, df: pd.DataFrame
+) -> dict[str, object]:
+    """The held-out networks timed by `measure_alone`, with the calibration networks for the global drift; adds
+    columns to `df` and returns the figures (raw, drift removed, agreement with the build's protocol)."""
+    nets = specs + [s for s, _ in fit]
+    with tqdm(total=len(nets) * cfg.independent_blocks, desc="independent protocol", unit="net") as bar:
+        st = measure_alone(
+            nets,
+            backend,
+            int(df.attrs.get("batch", 1)),
+            cfg.independent_runs,
+            cfg.independent_blocks,
+            seed=cfg.seed + 3,
+            progress=bar,
+        )
+    alone, refs = st[: len(specs)], st[len(specs) :]
+    drift = float(np.median([r["ms"] / ms for r, (_, ms) in zip(refs, fit)])) if fit else 1.0
+    df["alone_ms"] = [r["ms"] for r in alone]
+    df["alone_spread"] = [r["spread"] for r in alone]
+    pred = df["predicted_ms"].to_numpy()
+    build_now = df["measured_ms"] / df["drift"]  # the build's protocol, each group's drift removed
+    gap = np.abs(df["alone_ms"] / drift / build_now - 1)
+    return {
+        "alone_raw": error_stats(pred, df["alone_ms"].to_numpy()),
+        "alone_drift_removed": error_stats(pred * drift, df["alone_ms"].to_numpy()),
+        "alone_drift": drift - 1,
+        "alone_agreement": {
+            "median_gap": float(np.median(gap)),
+            "median_spread": float(np.median(df["alone_spread"])),
+            "within_spread": float(np.mean(gap <= df["alone_spread"])),
+        },
+    }
 
 
-def network_frame(
-    specs: list[ArchSpec], measured: dict[str, dict], table: LatencyTable, now: dict[str, float] | None = None
-) -> pd.DataFrame:
+def network_frame(specs: list[ArchSpec], measured: dict[str, dict], table: LatencyTable) -> pd.DataFrame:
     meas = [measured[encode_stages(s)] for s in specs]
     df = pd.DataFrame(
         {
@@ -179,12 +213,13 @@ def network_frame(
             "measured_ms": [m["ms"] for m in meas],
             "measured_p25_ms": [m["p25_ms"] for m in meas],
             "measured_p75_ms": [m["p75_ms"] for m in meas],
+            "drift": [m["drift"] for m in meas],  # its group's references: now / at build (1 without references)
         }
     )
     df["pct_err"] = (df["predicted_ms"] - df["measured_ms"]) / df["measured_ms"] * 100
     df["raw_pct_err"] = (df["raw_ms"] - df["measured_ms"]) / df["measured_ms"] * 100
-    if now is not None:  # what `nas.build_lut recalibrate=true` would predict, fitted on the calibration set alone
-        df["recalibrated_ms"] = df["raw_ms"] * now["scale"]
+    df["recalibrated_ms"] = df["predicted_ms"] * df["drift"]  # the prediction at the machine's speed now
+    df.attrs["batch"] = int(table.meta["batch"])
     return df
 
 
@@ -220,23 +255,37 @@ def sign_stats(actions: pd.DataFrame) -> dict[str, float]:
 def report(df: pd.DataFrame, figures: dict[str, dict[str, float]], table: LatencyTable) -> str:
     lines = [
         f"LUT {table.source} ({table.describe()})",
+        table.steadiness(),
         f"{len(df)} held-out networks ({(df['kind'] == 'uniform').sum()} uniform, "
         f"{(df['kind'] != 'uniform').sum()} slimmer-like), none of them a calibration network",
-        f"{'':<24}{'median |err|':>13}{'within ±10%':>13}{'Spearman':>10}{'median err':>12}{'worst':>9}",
+        f"{'':<34}{'median |err|':>13}{'within ±10%':>13}{'Spearman':>10}{'median err':>12}{'worst':>9}",
     ]
-    rows = [("predict (calibrated)", "calibrated"), ("raw sum of rows", "raw")]
+    rows = [("predict (as built)", "calibrated"), ("raw sum of rows", "raw")]
     if "recalibrated" in figures:
-        rows.append(("recalibrated now", "recalibrated"))
+        rows.append(("recalibrated now (group drift)", "recalibrated"))
+    if "alone_raw" in figures:
+        rows += [
+            ("independent protocol, raw", "alone_raw"),
+            ("independent, global drift removed", "alone_drift_removed"),
+        ]
     for name, key in rows:
         s = figures[key]
         lines.append(
-            f"{name:<24}{s['median_abs_pct_err']:>12.1f}%{s['within_10pct'] * 100:>12.0f}%"
+            f"{name:<34}{s['median_abs_pct_err']:>12.1f}%{s['within_10pct'] * 100:>12.0f}%"
             f"{s['spearman']:>10.3f}{s['median_signed_pct_err']:>+11.1f}%{s['worst_abs_pct_err']:>8.1f}%"
         )
     if "drift" in figures:
         lines.append(
-            f"machine drift since the build (its calibration networks re-timed now): {figures['drift'] * 100:+.1f}%; "
-            f"'recalibrated now' is what `nas.build_lut recalibrate=true` gives (fitted on those networks alone)"
+            f"machine drift since the build: {figures['drift'] * 100:+.1f}% (median over groups of their reference "
+            f"networks, now / at build; per group from {df['drift'].min() * 100 - 100:+.1f}% to "
+            f"{df['drift'].max() * 100 - 100:+.1f}%); 'recalibrated now' divides each network by its own group's drift"
+        )
+    if "alone_agreement" in figures:
+        a, spread = figures["alone_agreement"], figures["alone_agreement"]["median_spread"] * 100
+        lines.append(
+            f"independent protocol: global drift {figures['alone_drift'] * 100:+.1f}% (its statistic included); once "
+            f"drift is removed it lies a median {a['median_gap'] * 100:.1f}% from the build's protocol, against its "
+            f"own block-to-block spread of {spread:.1f}% (within it for {a['within_spread'] * 100:.0f}%)"
         )
     a = figures["actions"]
     lines.append(

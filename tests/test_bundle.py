@@ -22,7 +22,7 @@ from latency_lut.table import LatencyTable, LUTError, encode_stages
 from nas.build_lut import BuildLUTConfig
 from nas.build_lut import run as build_lut
 from nas.config import compose
-from tests.test_lut import FAST, SMALL_SPACE
+from tests.helpers import FAST, SMALL_SPACE
 
 ORT = [*SMALL_SPACE, *FAST, "backend=onnxruntime", "measure.rounds=5", "measure.chunk=2"]
 

@@ -8,7 +8,6 @@ import pytest
 
 from latency_lut.measure import space_rows
 from latency_lut.table import (
-    COLUMNS,
     LatencyTable,
     LUTError,
     Row,
@@ -22,57 +21,9 @@ from nas.build_lut import BuildLUTConfig
 from nas.build_lut import run as build_lut
 from nas.config import compose
 from supernet.arch import PRESETS, ArchSpec, StageSpec
+from tests.helpers import FAST, SMALL_SPACE, fake_table, small_space
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL_SPACE = [
-    "space.depths=[1,1,2,2]",
-    "space.widths=[16,16,32,32]",
-    "space.input_size=32",
-    "space.attention.key_dim=8",
-    "space.attention.num_heads=2",
-]
-FAST = [
-    "measure.warmup=1",
-    "measure.rounds=2",
-    "measure.runs_per_round=2",
-    "measure.interleave=4",
-    "measure.passes=2",
-    "calibration_networks=4",
-]
-
-
-def fake_table(rows: list[Row], **meta) -> pd.DataFrame:
-    """A LUT whose row i costs exactly i + 1 ms (so any sum is checkable by hand)."""
-    m = {
-        "backend": "torch",
-        "device": "test",
-        "versions": "torch=x",
-        "threads": 1,
-        "batch": 1,
-        "input_size": 32,
-        **meta,
-    }
-    return pd.DataFrame(
-        [
-            {
-                "kind": r.kind,
-                "stage": r.stage,
-                "in_width": r.in_width,
-                "width": r.width,
-                "resolution": r.resolution,
-                "ms": i + 1.0,
-                "p25_ms": i + 0.5,
-                "p75_ms": i + 1.5,
-                "runs": 10,
-                **m,
-            }
-            for i, r in enumerate(rows)
-        ]
-    )[COLUMNS]
-
-
-def small_space():
-    return compose("build_lut", SMALL_SPACE, BuildLUTConfig).space
 
 
 def test_spec_rows_of_l1_by_hand():
@@ -170,7 +121,7 @@ def test_build_lut_torch_then_resume(tmp_path):
     assert sorted(zip(nets["in_width"], nets["width"])) == [(k, v) for k in range(4) for v in range(3)]
     assert (table.df["runs"] == 8).all() and (table.df["p25_ms"] <= table.df["p75_ms"]).all()
     assert table.meta["backend"] == "torch" and table.meta["threads"] == 1 and table.meta["input_size"] == 32
-    assert table.calibration is not None and table.calibration.n == 4 and "calibrated on 4" in table.describe()
+    assert table.calibration is not None and table.calibration.n == 4 and "on 4 networks" in table.describe()
     assert table.fingerprint["attention.key_dim"] == "8" and table.width_step == 16
     table.predict(cfg.space.max_spec(10))
     # resume: drop 5 rows; a re-run measures only those and keeps every other value as it was
@@ -277,7 +228,9 @@ def test_validate_lut_end_to_end(tmp_path):
         assert (times[0] < times[1]) == (df["measured_ms"].min() < df["measured_ms"].max())
         assert df.loc[df["raw_ms"].idxmax(), "measured_ms"] > df.loc[df["raw_ms"].idxmin(), "measured_ms"]
     assert set(df.attrs) >= {"calibrated", "raw", "recalibrated", "drift", "actions"}
-    assert np.allclose(df["recalibrated_ms"] / df["raw_ms"], (df["recalibrated_ms"] / df["raw_ms"]).iloc[0])
+    # 'recalibrated now': each prediction at its own group's drift, which its reference networks measured
+    assert np.allclose(df["recalibrated_ms"], df["predicted_ms"] * df["drift"]) and (df["drift"] > 0).all()
+    assert df.attrs["drift"] == pytest.approx(float(np.median(df["drift"])) - 1)
     actions = pd.read_csv(tmp_path / "actions.csv")
     assert set(actions["action"]) <= {"drop_path", "narrow_stage", "remove_mb3d"} and len(actions) >= 3
     assert (tmp_path / "validation.png").stat().st_size > 1000

@@ -25,7 +25,7 @@ from nas.slim import SlimConfig
 from nas.slim import run as slim
 from supernet import build_model
 from supernet.arch import ArchSpec
-from tests.test_lut import FAST, SMALL_SPACE
+from tests.helpers import FAST, SMALL_SPACE
 
 ROOT = Path(__file__).resolve().parent.parent
 S = SlimState((("4d", "4d"), ("4d",), ("4d", "3d", "3d"), ("3d", "3d")), (32, 32, 48, 64))

@@ -21,7 +21,7 @@ from supernet import build_model
 from supernet.arch import ArchSpec
 from supernet.formats import ExportError
 from tests.conftest import torchrun
-from tests.test_lut import FAST
+from tests.helpers import FAST
 from tests.test_slim import slim_cfg
 from tests.test_train_supernet import SMALL
 

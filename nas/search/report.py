@@ -65,6 +65,7 @@ def emitted_meta(
             "threads": table.meta["threads"],
             "batch": table.meta["batch"],
             "calibration_scale": None if table.calibration is None else round(table.calibration.scale, 6),
+            "correction": None if table.calibration is None else table.calibration.describe(),
         },
         "supernet": str(sn_path.resolve()),
     }

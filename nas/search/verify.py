@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from latency_lut.measure import MeasureConfig, measure_networks
 from latency_lut.table import LatencyTable
 from nas.search.slimmer import Slimmer
 from nas.search.state import SlimState, Step, UnreachableTarget, first_at_or_below
+from supernet.arch import ArchSpec
 from supernet.supernet import SuperNet
 
 log = logging.getLogger(__name__)
@@ -82,11 +84,65 @@ def verify_backend(table: LatencyTable) -> Backend | None:
     return backend
 
 
+def plausible_bound(table: LatencyTable) -> float:
+    """How far (relative) a measurement may lie from its prediction before it is re-measured rather than acted
+    on: 10%, or three times the correction's 90th-percentile cross-validated error, or the machine's variation
+    during the build, whichever is largest."""
+    c, v = table.calibration, table.host_variation
+    cv = c.cv_p90 if c is not None and math.isfinite(c.cv_p90) else 0.0
+    return max(0.10, 3 * cv, v if math.isfinite(v) else 0.0)
+
+
+def measure_states(
+    specs: list[ArchSpec],
+    table: LatencyTable,
+    backend: Backend,
+    measure_cfg: MeasureConfig,
+    batch: int,
+    seed: int = 0,
+    retries: int = 2,
+) -> list[float]:
+    """Each spec measured with the table's calibration networks as references in every group, and read as the
+    machine ran during the build (ms / its group's drift), which is what the table's predictions mean. A reading
+    whose ratio to the prediction lies beyond `plausible_bound` is re-measured (the whole group again, so that it
+    runs among as many networks as before), up to `retries` times; one that stays there is real and is kept."""
+    refs = table.networks()
+    bound = plausible_bound(table)
+    pred = [table.predict(s) for s in specs]
+
+    def once(k: int) -> list[float]:
+        res = measure_networks(specs, backend, measure_cfg, batch, seed + k, references=refs)
+        return [r["ms"] / r["drift"] for r in res]
+
+    ms = once(0)
+    for attempt in range(1, retries + 1):
+        odd = [i for i, (m, p) in enumerate(zip(ms, pred)) if abs(m / p - 1) > bound]
+        if not odd:
+            break
+        for i in odd:
+            log.warning(
+                "--verify: %s measured %.4f ms against %.4f ms predicted (x%.2f, beyond the build's x%.2f); "
+                "re-measuring (%d of %d)",
+                specs[i].describe(),
+                ms[i],
+                pred[i],
+                ms[i] / pred[i],
+                1 + bound,
+                attempt,
+                retries,
+            )
+        again = once(attempt)
+        for i in odd:
+            ms[i] = again[i]
+    return ms
+
+
 def verify_targets(
     traj: list[Step],
     targets: list[float],
     slimmer: Slimmer,
     net: SuperNet,
+    table: LatencyTable,
     backend: Backend,
     measure_cfg: MeasureConfig,
     batch: int,
@@ -94,11 +150,11 @@ def verify_targets(
     firsts: dict[float, Step] | None = None,
 ) -> dict[float, Verified]:
     """For each target, its refilled state from `firsts` if it measures at or below the target, else the first
-    trajectory state that does (see `verified_step`)."""
+    trajectory state that does (see `verified_step`). States are measured by `measure_states` against `table`."""
 
     def measure(states: list[SlimState]) -> list[float]:
         specs = [net.spec_of(s.choices, s.widths) for s in states]
-        return [r["ms"] for r in measure_networks(specs, backend, measure_cfg, batch, seed)]
+        return measure_states(specs, table, backend, measure_cfg, batch, seed)
 
     measured: dict[SlimState, float] = {}
     out = {}
