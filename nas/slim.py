@@ -214,7 +214,10 @@ def write_outputs(
             else:
                 step, measured = (refills[t] or [first_at_or_below(traj, t)])[-1], None
             done = refills[t]
-            moves = [f"{x.action} {x.where}" for x in done[: done.index(step) + 1]] if step in done else []
+            base = verified[t].origin if t in verified and verified[t].origin is not None else step
+            moves = [f"{x.action} {x.where}" for x in done[: done.index(base) + 1]] if base in done else []
+            if t in verified:  # refill moves made under the measured latency, after the verified state
+                moves += [f"{x.action} {x.where} (measured)" for x in verified[t].refilled]
             if step.step == 0:
                 log.info(
                     "target %g ms is at or above the starting latency %.4g ms: emitting the unslimmed architecture",

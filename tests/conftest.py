@@ -55,7 +55,7 @@ def trained(tmp_path_factory):
     from nas.config import compose
     from nas.train_supernet import TrainSupernetConfig
     from nas.train_supernet import run as train_supernet
-    from tests.test_lut import FAST, SMALL_SPACE
+    from tests.helpers import FAST, SMALL_SPACE
     from tests.test_train_supernet import SMALL
 
     root = tmp_path_factory.mktemp("slim")

@@ -18,7 +18,7 @@ from nas.checkpoint import CheckpointError
 from nas.config import ConfigError, compose
 from nas.data import DataConfig, build_datasets
 from nas.search.evaluator import Score, evaluate
-from nas.search.loading import load_weights
+from nas.search.loading import load_supernet, load_weights
 from nas.search.slimmer import METHODS, Slimmer, drop_path_candidates, narrow_stage_candidates, remove_first_mb3d
 from nas.search.state import SlimState, Step, UnreachableTarget
 from nas.slim import SlimConfig
@@ -561,6 +561,47 @@ def test_verify_passes_over_states_that_measure_above_the_target():
     assert ok.step.step == 1 and ok.skipped == ()
 
 
+def _grow(step, budget):
+    """A fake refill: moves of +0.05 ms predicted each, while they stay at or below `budget`."""
+    from nas.search.state import Step
+
+    out, lat = [], step.latency_ms
+    while lat + 0.05 <= budget + 1e-9:
+        lat = round(lat + 0.05, 6)
+        out.append(
+            Step(step.step, "widen_stage", f"{lat:.2f}", lat, 0.3, 0.9, 0.0, SlimState(((f"{lat}",),), (16,)), 0)
+        )
+    return out
+
+
+def test_verify_spends_the_budget_left_under_the_target_by_measurement():
+    from nas.search.verify import Verified, spend_budget
+
+    base = _traj([2.0, 0.8])[1]
+    # every state measures 6% over its prediction: the budget in LUT units is 1.0 / 1.06 = 0.943 ms, so the refill
+    # grows 0.80 -> 0.85 -> 0.90 (0.95 would exceed it); both measure under 1.0 (0.901, 0.954): the furthest is kept
+    calls = []
+
+    def measure(states):
+        calls.append(len(states))
+        return [float(st.choices[0][0]) * 1.06 for st in states]
+
+    v = spend_budget(Verified(base, 0.848, ((1, 1.2),)), 1.0, _grow, measure, {})
+    assert v.step.latency_ms == pytest.approx(0.90) and v.measured_ms == pytest.approx(0.954)
+    assert [m.where for m in v.refilled] == ["0.85", "0.90"] and v.origin is base and v.skipped == ((1, 1.2),)
+    assert calls == [2]  # the refill's two states in one group; the next round finds no move that fits
+
+    # a move whose real cost is higher than predicted (1.15x above 0.86 ms) measures over: the step before is kept
+    def steep(states):
+        return [float(st.choices[0][0]) * (1.15 if float(st.choices[0][0]) > 0.86 else 1.06) for st in states]
+
+    w = spend_budget(Verified(base, 0.848, ()), 1.0, _grow, steep, {})
+    assert w.step.latency_ms == pytest.approx(0.85) and w.measured_ms == pytest.approx(0.901) and w.measured_ms <= 1.0
+    # already within 2% of the target: nothing is measured
+    done = spend_budget(Verified(base, 0.99, ()), 1.0, _grow, lambda s: pytest.fail("nothing to measure"), {})
+    assert done.step is base and done.refilled == ()
+
+
 def test_verify_slims_further_when_the_trajectory_runs_out():
     from nas.search.state import Step
     from nas.search.verify import verified_step
@@ -580,26 +621,50 @@ def test_verify_slims_further_when_the_trajectory_runs_out():
         verified_step(_traj([2.0, 1.0]), 1.0, lambda s: [1.5] * len(s), extend=lambda t: None, measured={})
 
 
+def fixed_timings_lut(lut: Path, out: Path) -> Path:
+    """The trained fixture's LUT with every timing replaced by a fixed figure (a layer row costs its channel
+    products over its grid, in 10 ns, plus 1 us; each calibration network measures exactly its raw sum): a search on it takes the
+    same trajectory on any CPU."""
+    df = pd.read_csv(lut)
+    layer = ~df["kind"].isin(["call", "net"])
+    blocks = df["kind"].str.startswith("mb") * 7 + 1  # a block does 8x the work of a conv row of its widths
+    df.loc[layer, "ms"] = (df["in_width"] * df["width"] * df["resolution"] ** 2 * blocks / 1e4 + 1)[layer] / 1e3
+    df.loc[df["kind"] == "call", "ms"] = 0.01
+    table = LatencyTable(df.copy())  # prices the networks on the fixed rows (their own timings are replaced next)
+    specs = [s for s, _ in table.networks()]
+    for r in df[df["kind"] == "net"].itertuples():
+        df.loc[r.Index, "ms"] = table.raw(specs[int(r.in_width)])
+    df["p25_ms"], df["p75_ms"] = df["ms"] * 0.98, df["ms"] * 1.02
+    df.to_csv(out, index=False)
+    return out
+
+
 def test_slim_verify_end_to_end_with_a_mocked_slow_measurement(trained, tmp_path, monkeypatch, caplog):
-    """nas.slim --verify where every network measures 12% above its prediction: each emitted arch records a
-    measured latency at or below its target, and says which states were passed over."""
+    """nas.slim --verify where every network measures 12% above its prediction, on a LUT of fixed timings: each
+    emitted arch records a measured latency at or below its target, and says which states were passed over."""
     import nas.search.verify as verify_mod
 
-    table = LatencyTable.load(trained[1])
+    lut = fixed_timings_lut(trained[1], tmp_path / "fixed.csv")
+    table = LatencyTable.load(lut)
     monkeypatch.setattr(
         verify_mod,
         "measure_networks",
-        lambda specs, backend, cfg, batch, seed: [{"ms": table.predict(s) * 1.12} for s in specs],
+        lambda specs, backend, cfg, batch, seed, references=(): [
+            {"ms": table.predict(s) * 1.12, "drift": 1.0} for s in specs
+        ],
     )
-    start = trained[2]
+    net, _ = load_supernet(trained[0])
+    start = table.predict(net.spec_of(net.derive()))
     targets = [round(start * 0.8, 4), round(start * 0.6, 4)]
     with caplog.at_level(logging.INFO):
-        out = slim(slim_cfg(trained, tmp_path / "v", targets, "verify=true"))
+        out = slim(slim_cfg((trained[0], lut, start), tmp_path / "v", targets, "verify=true"))
     for t in targets:
         meta = yaml.safe_load((out / f"target_{t:g}ms" / "arch.yaml").read_text())["meta"]
         assert meta["measured_ms"] <= t and meta["measured_ms"] == pytest.approx(meta["predicted_ms"] * 1.12, rel=1e-4)
         assert meta["predicted_ms"] <= t / 1.12 + 1e-9
     assert "passed over" in caplog.text and "emitting step" in caplog.text
+    # 12% over the prediction is beyond the build's bound (10%): re-measured, then kept as real
+    assert "re-measuring (1 of 2)" in caplog.text and "re-measuring (2 of 2)" in caplog.text
 
 
 def test_verify_where_the_backend_cannot_run_is_one_line(trained, caplog):
