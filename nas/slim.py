@@ -16,7 +16,12 @@ the held-out validation split, with top-1 reported beside it.
 backend and settings, when that backend runs on this machine. A state that measures above its target is passed
 over for the next trajectory state that measures at or below it (slimming further if the trajectory ends), and
 the output says so; `arch.yaml` records `measured_ms` beside `predicted_ms`. Where the backend cannot run here
-(CoreML on Linux, a LUT from another device), it says so in one line and emits the predicted state.
+(CoreML on Linux, a LUT from another device), it says so in one line and emits the predicted state. There, measure
+on the device instead (nas/search/remote.py):
+
+    python -m nas.slim --target-ms 1.0 0.8 --lut luts/pi.csv bundle=verify-pi     # candidates -> bundle
+    (on the device: cd verify-pi && python measure.py; copy timings.csv back)
+    python -m nas.slim --target-ms 1.0 0.8 --lut luts/pi.csv from_timings=verify-pi
 
 Outputs (written to a staging folder and moved into --out only when complete):
     target_<T>ms/arch.yaml, target_<T>ms/weights.pt, trajectory.csv, pareto.png, config.yaml
@@ -45,6 +50,7 @@ from nas.search.bounds import min_latency
 from nas.search.evaluator import SubnetEvaluator, cached_batches
 from nas.search.latency import StateLatency
 from nas.search.loading import check_lut_covers, load_supernet, supernet_data_config
+from nas.search.remote import remote_verify
 from nas.search.report import emitted_meta, publish, summary_table, target_dirname, trajectory_frame, write_target
 from nas.search.slimmer import METHODS, Slimmer
 from nas.search.state import SlimState, Step, UnreachableTarget, first_at_or_below
@@ -72,6 +78,8 @@ class SlimConfig:
     seed: int = 0
     overwrite: bool = False  # allow writing into an --out that already holds slimming results
     verify: bool = False  # measure each emitted architecture; emit the next state measuring <= target if it is over
+    bundle: str | None = None  # remote verify: write each target's candidate states into a device bundle (DIR)
+    from_timings: str | None = None  # remote verify: that bundle, timed on the device; emit what measured <= target
     # as nas.build_lut times its calibration networks (the same statistic, so the calibration carries over)
     measure: MeasureConfig = field(default_factory=MeasureConfig)  # --verify
 
@@ -119,6 +127,10 @@ def check_config(cfg: SlimConfig) -> list[float]:
         raise ConfigError(f"mb3d_action={cfg.mb3d_action!r}; choose identity or mb4d")
     if cfg.method not in METHODS:
         raise ConfigError(f"method={cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if sum([bool(cfg.verify), bool(cfg.bundle), bool(cfg.from_timings)]) > 1:
+        raise ConfigError(
+            "choose one of --verify (measure here), bundle=DIR and from_timings=DIR (measure on a device)"
+        )
     return validate_targets(list(cfg.target_ms))
 
 
@@ -183,7 +195,11 @@ def search(
         refills = {t: slimmer.refill(first_at_or_below(traj, t), t, start) for t in targets}
         backend = verify_backend(table) if cfg.verify else None
         verified = {}
-        if backend is not None:
+        if cfg.bundle or cfg.from_timings:
+            verified = remote_verify(
+                cfg.bundle, cfg.from_timings, table, net, traj, refills, cfg.measure, slimmer.extend
+            )
+        elif backend is not None:
             batch = int(table.meta["batch"])
             firsts = {t: r[-1] for t, r in refills.items() if r}
             verified = verify_targets(traj, targets, slimmer, net, table, backend, cfg.measure, batch, cfg.seed, firsts)

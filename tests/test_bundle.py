@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from latency_lut.backends import make_backend
 from latency_lut.measure import MeasureConfig, measure_networks
@@ -221,3 +222,58 @@ def test_coreml_bundle_converts_every_model_and_its_manifest_is_complete(tmp_pat
     shape = list(spec.description.input[0].type.multiArrayType.shape)
     assert shape == manifest["items"][0]["input"]["shape"]
     shutil.rmtree(bundle)
+
+
+@pytest.mark.slow
+def test_remote_verify_round_trip_with_only_numpy_and_onnxruntime(trained, tmp_path):
+    """nas.slim bundle=DIR writes each target's candidate states and the LUT's calibration networks; a Python with
+    only numpy and onnxruntime times them; nas.slim from_timings=DIR emits, per target, the lowest-loss candidate
+    whose timing, divided by the device's drift (computed here by hand from timings.csv), is at or below it."""
+    from nas.search.loading import load_supernet
+    from nas.search.remote import REFERENCE
+    from nas.slim import SlimConfig
+    from nas.slim import run as slim
+
+    lut = tmp_path / "ort.csv"
+    build_lut(compose("build_lut", [*ORT, f"out={lut}"], BuildLUTConfig))
+    table = LatencyTable.load(lut)
+    net, _ = load_supernet(trained[0])
+    start = table.predict(net.spec_of(net.derive()))
+    targets = [round(start * 0.8, 4), round(start * 0.6, 4)]
+    common = [f"target_ms={targets}", f"supernet={trained[0]}", f"lut={lut}", "val_images=150", "bn_batches=2"]
+    common += ["batch_size=64", "threads=1", "measure.rounds=5", "measure.warmup=2"]
+    bundle = tmp_path / "verify-bundle"
+    slim(compose("slim", [*common, f"out={tmp_path / 'plain'}", f"bundle={bundle}"], SlimConfig))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    states = manifest["meta"]["verify"]["states"]
+    assert len(states) >= len(targets) and len(manifest["items"]) == len(states) + len(table.networks())
+    with pytest.raises(LUTError, match="no timings.csv yet"):
+        slim(compose("slim", [*common, f"out={tmp_path / 'early'}", f"from_timings={bundle}"], SlimConfig))
+
+    py = isolated_python(tmp_path / "iso")
+    done = run_measure(py, bundle)
+    assert done.returncode == 0, done.stderr
+    out = slim(compose("slim", [*common, f"out={tmp_path / 'remote'}", f"from_timings={bundle}"], SlimConfig))
+
+    # the oracle, by hand: each model's fastest pass, the drift the median of the references' now / then
+    timings = pd.read_csv(bundle / "timings.csv").groupby("item")["ms"].min()
+    index = {it["id"]: it["index"] for it in manifest["items"]}
+    then = manifest["meta"]["verify"]["references_ms"]
+    drift = float(np.median([timings[i] / then[k - REFERENCE] for i, k in index.items() if k >= REFERENCE]))
+    measured = {states[k]: timings[i] / drift for i, k in index.items() if k < REFERENCE}
+    traj = pd.read_csv(out / "trajectory.csv")
+    assert len(traj) > 1
+    for t in targets:
+        meta = yaml.safe_load((out / f"target_{t:g}ms" / "arch.yaml").read_text())["meta"]
+        assert meta["measured_ms"] <= t  # 0 targets exceeded on the bundle's own measurements
+        cands = manifest["meta"]["verify"]["targets"][repr(t)]
+        fits = [k for k in cands if measured[k] <= t]
+        # the emitted state is one that measured at or below the target, read exactly as computed here
+        assert any(meta["measured_ms"] == pytest.approx(measured[k], abs=1e-6) for k in fits)  # 6 decimals
+    # timings of another LUT's search are refused, naming it
+    other = tmp_path / "other.csv"
+    pd.read_csv(lut).assign(ms=lambda d: d["ms"] * 1.01).to_csv(other, index=False)
+    again = [*(o for o in common if not o.startswith("lut=")), f"lut={other}", f"out={tmp_path / 'o'}"]
+    again.append(f"from_timings={bundle}")
+    with pytest.raises(LUTError, match="written for another LUT"):
+        slim(compose("slim", again, SlimConfig))

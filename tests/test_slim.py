@@ -623,8 +623,8 @@ def test_verify_slims_further_when_the_trajectory_runs_out():
 
 def fixed_timings_lut(lut: Path, out: Path) -> Path:
     """The trained fixture's LUT with every timing replaced by a fixed figure (a layer row costs its channel
-    products over its grid, in 10 ns, plus 1 us; each calibration network measures exactly its raw sum): a search on it takes the
-    same trajectory on any CPU."""
+    products over its grid, in 10 ns, plus 1 us; each calibration network measures exactly its raw sum): a search
+    on it takes the same trajectory on any CPU."""
     df = pd.read_csv(lut)
     layer = ~df["kind"].isin(["call", "net"])
     blocks = df["kind"].str.startswith("mb") * 7 + 1  # a block does 8x the work of a conv row of its widths
