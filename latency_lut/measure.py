@@ -268,6 +268,7 @@ def measure_networks(
     batch: int = 1,
     seed: int = 0,
     references: Sequence[tuple[ArchSpec, float]] = (),
+    progress: Any = None,  # a tqdm bar (anything with update(n)), advanced by each group's networks (not references)
 ) -> list[dict[str, float]]:
     """Whole fused deploy networks timed in interleaved groups of `cfg.interleave` and `cfg.passes` passes, as the
     table's own items are: the one way this project measures a network (validation, calibration, `nas.slim
@@ -304,6 +305,8 @@ def measure_networks(
         for g in chunk:
             ratios = [results[i]["ms"] / then[i] for i in g if i in then]
             drift.update({i: float(np.median(ratios)) if ratios else 1.0 for i in g if i not in then})
+            if progress is not None:
+                progress.update(sum(i not in then for i in g))
 
     prepare = lambda i: backend.prepare(*network_module(nets[i], batch))  # noqa: E731
     measure_in_passes(groups, prepare, backend, cfg, rng, on_chunk)

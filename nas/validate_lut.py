@@ -144,7 +144,8 @@ def run(cfg: ValidateLUTConfig) -> pd.DataFrame:
         cfg.measure.runs_per_round,
     )
     groups = [[s] for s in specs] + list(units.values())
-    stats = measure_networks(groups, backend, cfg.measure, int(meta["batch"]), cfg.seed + 2, references=fit)
+    with tqdm(total=len(specs) + len(pair_specs), desc="validating (interleaved)", unit="net") as bar:
+        stats = measure_networks(groups, backend, cfg.measure, int(meta["batch"]), cfg.seed + 2, fit, bar)
     measured = {encode_stages(s): st for s, st in zip(specs + pair_specs, stats)}
     df = network_frame(specs, measured, table)
     actions = action_frame(pairs, measured, table)

@@ -47,9 +47,11 @@ def trajectory_frame(traj: list[Step]) -> pd.DataFrame:
 def emitted_meta(
     step: Step, spec: ArchSpec, target: float, table: LatencyTable, sn_path: Path, measured: float | None
 ) -> dict[str, Any]:
+    _, lo, hi = table.predict_interval(spec)
     meta: dict[str, Any] = {
         "target_ms": target,
         "predicted_ms": round(step.latency_ms, 6),
+        "predicted_interval_ms": [round(lo, 6), round(hi, 6)],  # rows' noise, correction error, host variation
         "measured_ms": None if measured is None else round(measured, 6),
         "val_loss": step.val_loss,
         "val_acc": step.val_acc,
