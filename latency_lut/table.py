@@ -153,6 +153,7 @@ class LatencyTable:
         fp = first["fingerprint"] if "fingerprint" in self.df.columns else None
         self.fingerprint: dict[str, str] | None = decode_fingerprint(fp, source) if isinstance(fp, str) and fp else None
         self.calibration: Correction | None = None
+        self.host_variation = self._host_variation()
         nets = self.networks()
         if len(nets) >= 3 and not any(self.missing(spec) for spec, _ in nets):  # (a partial build: not yet)
             parts = np.array([self.raw_parts(spec) for spec, _ in nets])
@@ -203,8 +204,7 @@ class LatencyTable:
             ),
         )
 
-    @property
-    def host_variation(self) -> float:
+    def _host_variation(self) -> float:
         """How much the machine's speed varied during the build: the median over calibration networks of the
         spread of their visits (`correction.host_variation`); nan with fewer than two visits."""
         nets = self.df[self.df["kind"] == "net"]
@@ -287,19 +287,17 @@ class LatencyTable:
             return float(self.calibration(self.raw_parts(spec)))
         return self.raw(spec)
 
-    def predict_interval(self, spec: ArchSpec, level: float = 0.9) -> tuple[float, float, float]:
-        """(predicted, low, high) ms. The interval's half-width, relative, adds in quadrature: the rows' own
-        standard error (as `difference_se`, over all the spec's rows), the correction's cross-validated error
-        (its 90th percentile, or its mean for a lower `level`) and the machine's variation during the build.
-        A guide to how far a measurement may land, not a guarantee: drift after the build is not in it."""
+    def predict_interval(self, spec: ArchSpec) -> tuple[float, float, float]:
+        """(predicted, low, high) ms, about a 90% interval. Its half-width, relative, adds in quadrature: 1.645
+        times the rows' own standard error (`rows_se` over all the spec's rows), the correction's 90th-percentile
+        cross-validated error, and half the machine's variation during the build. A guide to where a measurement
+        on the build's machine may land, not a guarantee: drift after the build is not in it."""
+        from collections import Counter
+
         ms = self.predict(spec)
-        counts: dict[Key, int] = {}
-        for r in spec_rows(spec):
-            counts[r.key] = counts.get(r.key, 0) + 1
-        rows_se = math.sqrt(sum((self._spread[k] / math.sqrt(self._runs[k]) * n) ** 2 for k, n in counts.items()))
-        rel = [1.645 * rows_se / max(self.raw(spec), 1e-12)]
-        if self.calibration is not None and np.isfinite(self.calibration.cv_error):
-            rel.append(self.calibration.cv_p90 if level >= 0.9 else self.calibration.cv_error)
+        rel = [1.645 * self.rows_se(Counter(r.key for r in spec_rows(spec))) / self.raw(spec)]
+        if self.calibration is not None and np.isfinite(self.calibration.cv_p90):
+            rel.append(self.calibration.cv_p90)
         if np.isfinite(self.host_variation):
             rel.append(self.host_variation / 2)  # the visits' full range; a measurement lands within half of it
         half = math.sqrt(sum(x * x for x in rel)) * ms
@@ -318,15 +316,18 @@ class LatencyTable:
         difference smaller than this is within measurement noise."""
         return float(sum(self._spread[k] * n for k, n in self.differing_rows(a, b).items()))
 
+    def rows_se(self, counts: dict[Key, int]) -> float:
+        """The standard error of a sum of rows, each used `n` times (ms, raw). A row's statistic (the 25th
+        percentile of its `runs` samples) has a standard error of about (p75 - p25) / sqrt(runs): the normal
+        approximation of a quantile's error, 1.36 sigma / sqrt(n), with sigma = IQR / 1.349. A row used n times
+        counts n times (one measurement); distinct rows add in quadrature."""
+        return math.sqrt(sum((self._spread[k] / math.sqrt(self._runs[k]) * n) ** 2 for k, n in counts.items()))
+
     def difference_se(self, a: ArchSpec, b: ArchSpec) -> float:
-        """The standard error of `predict(a) - predict(b)`, from the rows in which they differ. A row's statistic
-        (the 25th percentile of its `runs` samples) has a standard error of about (p75 - p25) / sqrt(runs): the
-        normal approximation of a quantile's error, 1.36 sigma / sqrt(n), with sigma = IQR / 1.349. A row used n
-        times counts n times (one measurement), distinct rows add in quadrature, and the calibration's typical
-        measured / raw ratio scales it.
-        The slimmer's floor on a saving is a multiple of this: a smaller saving is indistinguishable from noise."""
-        diff = self.differing_rows(a, b)
-        se = math.sqrt(sum((self._spread[k] / math.sqrt(self._runs[k]) * n) ** 2 for k, n in diff.items()))
+        """The standard error of `predict(a) - predict(b)`, from the rows in which they differ (`rows_se`), scaled
+        by the calibration's typical measured / raw ratio. The slimmer's floor on a saving is a multiple of this:
+        a smaller saving is indistinguishable from noise."""
+        se = self.rows_se(self.differing_rows(a, b))
         return se * (self.calibration.scale if self.calibration is not None else 1.0)
 
     def local_backend(self) -> tuple[Any, str]:

@@ -210,7 +210,8 @@ def verify_targets(
     out = {}
     for t in targets:
         first = (firsts or {}).get(t)
-        v = verified_step(traj, t, measure, slimmer.extend, measured, max(measure_cfg.interleave, 1), first)
+        group = max(measure_cfg.interleave - measure_cfg.references, 1)  # states per group, beside the references
+        v = verified_step(traj, t, measure, slimmer.extend, measured, group, first)
         if start is not None:
             used = v.measured_ms
             v = spend_budget(v, t, lambda step, budget: slimmer.refill(step, budget, start), measure, measured)
