@@ -102,27 +102,25 @@ def spend_budget(
     over (so the next refill aims lower), until the state measures within `slack` of the target, no refill helps,
     or `tries` rounds are spent. A state is never emitted unmeasured, and never one measured above the target."""
     cur, moves = v, list(v.refilled)
-    for _ in range(tries):
-        if cur.measured_ms >= target_ms * (1 - slack):
-            break
-        ratio = cur.measured_ms / cur.step.latency_ms
-        steps = refill(cur.step, target_ms / ratio)
-        if not steps:
-            break
+
+    def grow(budget: float, below: float = math.inf) -> tuple[list[Step], list[int]]:
+        """The refill under `budget` (predicted ms; only states predicted below `below`), measured together, and
+        the positions of those measuring at or below the target."""
+        steps = [s for s in refill(cur.step, budget) if s.latency_ms < below]
         todo = list(dict.fromkeys(s.state for s in steps if s.state not in measured))
         if todo:
             measured.update(zip(todo, measure(todo)))
-        fits = [k for k, s in enumerate(steps) if measured[s.state] <= target_ms]
-        if not fits:  # the first refill move already measures over: aim lower by its ratio, from the same state
+        return steps, [k for k, s in enumerate(steps) if measured[s.state] <= target_ms]
+
+    for _ in range(tries):
+        if cur.measured_ms >= target_ms * (1 - slack):
+            break
+        steps, fits = grow(target_ms * cur.step.latency_ms / cur.measured_ms)
+        if steps and not fits:  # the first move already measures over: aim lower by its ratio, from the same state
             over = steps[0]
-            ratio = measured[over.state] / over.latency_ms
-            steps = [s for s in refill(cur.step, target_ms / ratio) if s.latency_ms < over.latency_ms]
-            todo = list(dict.fromkeys(s.state for s in steps if s.state not in measured))
-            if todo:
-                measured.update(zip(todo, measure(todo)))
-            fits = [k for k, s in enumerate(steps) if measured[s.state] <= target_ms]
-            if not fits:
-                break
+            steps, fits = grow(target_ms * over.latency_ms / measured[over.state], below=over.latency_ms)
+        if not fits:
+            break
         last = max(fits)
         moves += steps[: last + 1]
         cur = Verified(steps[last], measured[steps[last].state], cur.skipped, tuple(moves), v.step)
