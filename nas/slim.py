@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from latency_lut.bundle import SUFFIX
 from latency_lut.measure import MeasureConfig
 from latency_lut.table import LatencyTable
 from nas.config import ConfigError, OneLineParser, compose, setup_logging, to_yaml
@@ -274,6 +275,11 @@ def run(cfg: SlimConfig) -> Path:
     net, ckpt = load_supernet(sn_path)
     table = LatencyTable.load(lut_path)
     check_lut_covers(table, net, cfg.width_step)
+    if cfg.bundle and table.meta["backend"] not in SUFFIX:  # refused before the search, not after it
+        raise ConfigError(
+            f"bundle= is for a LUT measured with {' or '.join(SUFFIX)}; this LUT was measured with "
+            f"{table.meta['backend']} (use --verify where it runs)"
+        )
     log.info("supernet %s (space %s), LUT %s (%s)", sn_path, net.space.name, lut_path, table.describe())
     log.info("LUT: %s", table.steadiness())
     check_reachable(net, table, targets, cfg.width_step)

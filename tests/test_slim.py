@@ -724,3 +724,14 @@ def test_difference_se_against_the_rows_of_the_csv(trained):
 def test_unknown_method_is_refused(trained, tmp_path):
     with pytest.raises(ConfigError, match="method='greedy'; choose one of paper, default"):
         slim(slim_cfg(trained, tmp_path / "o", [1.0], "method=greedy"))
+
+
+def test_remote_verify_flags_are_refused_before_the_search(trained, tmp_path):
+    start = trained[2]
+    with pytest.raises(ConfigError, match="choose one of --verify"):
+        slim(slim_cfg(trained, tmp_path / "o", [start * 0.8], "verify=true", f"bundle={tmp_path / 'b'}"))
+    with pytest.raises(
+        ConfigError, match="bundle= is for a LUT measured with onnxruntime or coreml; this LUT was measured with torch"
+    ):
+        slim(slim_cfg(trained, tmp_path / "o", [start * 0.8], f"bundle={tmp_path / 'b'}"))
+    assert not (tmp_path / "o").exists() and not (tmp_path / "b").exists()
