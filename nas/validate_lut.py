@@ -10,8 +10,8 @@ Drift: every interleaved group also times `measure.references` of the table's ow
 latency at build time the table holds (`measure_networks(references=...)`). Their ratio now / then is the
 machine's drift since the build, read per group: 'recalibrated now' compares each network, divided by its own
 group's drift, with `predict`, so that a slow period of the host that covers one group cancels instead of
-deciding. The median over groups is the global drift, printed beside the as-built figures (the held-out networks
-stay out of every fit).
+deciding. The median over the held-out networks of their groups' drift is the global drift, printed beside the
+as-built figures (the held-out networks stay out of every fit).
 
 Independent protocol (`independent=true`): the same held-out networks, and the calibration networks for the
 drift, timed again the way a deployment benchmark times a model (`measure_alone`: each network alone, warm-up,
@@ -155,7 +155,7 @@ def run(cfg: ValidateLUTConfig) -> pd.DataFrame:
         figures["recalibrated"] = error_stats(df["recalibrated_ms"].to_numpy(), meas)
         figures["drift"] = float(np.median(df["drift"]) - 1)
     if cfg.independent:
-        figures.update(independent_protocol(cfg, specs, fit, backend, df))
+        figures.update(independent_protocol(cfg, specs, fit, backend, int(meta["batch"]), df))
     out_dir = Path(cfg.out) if cfg.out else Path(cfg.lut).parent
     atomic_write_text(out_dir / "validation.csv", df.to_csv(index=False))
     atomic_write_text(out_dir / "actions.csv", actions.to_csv(index=False))
@@ -169,7 +169,12 @@ def run(cfg: ValidateLUTConfig) -> pd.DataFrame:
 
 
 def independent_protocol(
-    cfg: ValidateLUTConfig, specs: list[ArchSpec], fit: list[tuple[ArchSpec, float]], backend, df: pd.DataFrame
+    cfg: ValidateLUTConfig,
+    specs: list[ArchSpec],
+    fit: list[tuple[ArchSpec, float]],
+    backend,
+    batch: int,
+    df: pd.DataFrame,
 ) -> dict[str, object]:
     """The held-out networks timed by `measure_alone`, with the calibration networks for the global drift; adds
     columns to `df` and returns the figures (raw, drift removed, agreement with the build's protocol)."""
@@ -178,7 +183,7 @@ def independent_protocol(
         st = measure_alone(
             nets,
             backend,
-            int(df.attrs.get("batch", 1)),
+            batch,
             cfg.independent_runs,
             cfg.independent_blocks,
             seed=cfg.seed + 3,
@@ -220,7 +225,6 @@ def network_frame(specs: list[ArchSpec], measured: dict[str, dict], table: Laten
     df["pct_err"] = (df["predicted_ms"] - df["measured_ms"]) / df["measured_ms"] * 100
     df["raw_pct_err"] = (df["raw_ms"] - df["measured_ms"]) / df["measured_ms"] * 100
     df["recalibrated_ms"] = df["predicted_ms"] * df["drift"]  # the prediction at the machine's speed now
-    df.attrs["batch"] = int(table.meta["batch"])
     return df
 
 
@@ -277,8 +281,8 @@ def report(df: pd.DataFrame, figures: dict[str, dict[str, float]], table: Latenc
         )
     if "drift" in figures:
         lines.append(
-            f"machine drift since the build: {figures['drift'] * 100:+.1f}% (median over groups of their reference "
-            f"networks, now / at build; per group from {df['drift'].min() * 100 - 100:+.1f}% to "
+            f"machine drift since the build: {figures['drift'] * 100:+.1f}% (median over networks of their group's "
+            f"references, now / at build; per group from {df['drift'].min() * 100 - 100:+.1f}% to "
             f"{df['drift'].max() * 100 - 100:+.1f}%); 'recalibrated now' divides each network by its own group's drift"
         )
     if "alone_agreement" in figures:
