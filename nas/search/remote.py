@@ -22,7 +22,7 @@ from tqdm import tqdm
 from latency_lut.bundle import SUFFIX, read_manifest, read_timings, write_bundle
 from latency_lut.measure import MeasureConfig, Net
 from latency_lut.table import LatencyTable, LUTError, encode_fingerprint, fingerprint
-from nas.search.state import SlimState, Step, UnreachableTarget, first_at_or_below
+from nas.search.state import SlimState, Step, UnreachableTarget, first_at_or_below, slim_further
 from nas.search.verify import Verified
 from supernet.supernet import SuperNet
 
@@ -146,14 +146,8 @@ def remote_verify(
     `from_timings=`: each target's best state measured at or below it. The trajectory is first slimmed (`extend`)
     until the smallest target has `per_target` states at or below it, where the space allows."""
     low = traj.index(first_at_or_below(traj, min(refills)))
-    while len(traj) - low < per_target:
-        n = len(traj)
-        try:
-            extend(traj)
-        except UnreachableTarget:
-            break
-        if len(traj) == n:
-            break
+    while len(traj) - low < per_target and slim_further(traj, extend):
+        pass
     cands = {t: candidates(traj, refills[t], t, per_target) for t in refills}
     if cfg_bundle:
         n = len({s.state for steps in cands.values() for s in steps}) + len(table.networks())

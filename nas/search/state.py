@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from supernet.arch import StageSpec, describe_stages
@@ -51,3 +52,14 @@ def first_at_or_below(traj: list[Step], target_ms: float) -> Step:
         if s.latency_ms <= target_ms:
             return s
     raise UnreachableTarget(f"no state of the trajectory reaches {target_ms:g} ms")
+
+
+def slim_further(traj: list[Step], extend: Callable[[list[Step]], object]) -> bool:
+    """Slim the trajectory one step further with `extend` (e.g. `Slimmer.extend`, which appends the step);
+    whether it grew (False where no action lowers the latency any more)."""
+    n = len(traj)
+    try:
+        extend(traj)
+    except UnreachableTarget:
+        return False
+    return len(traj) > n

@@ -11,7 +11,7 @@ from latency_lut.backends import Backend
 from latency_lut.measure import MeasureConfig, measure_networks
 from latency_lut.table import LatencyTable
 from nas.search.slimmer import Slimmer
-from nas.search.state import SlimState, Step, UnreachableTarget, first_at_or_below
+from nas.search.state import SlimState, Step, UnreachableTarget, first_at_or_below, slim_further
 from supernet.arch import ArchSpec
 from supernet.supernet import SuperNet
 
@@ -56,12 +56,7 @@ def verified_step(
     while True:
         window = traj[k : k + batch]
         if not window:  # every state so far measured above the target: slim one step further
-            n = len(traj)
-            try:
-                extend(traj)
-            except UnreachableTarget:
-                pass
-            if len(traj) == n:
+            if not slim_further(traj, extend):
                 raise UnreachableTarget(
                     f"target {target_ms:g} ms: no state of the slimming trajectory measures at or below it "
                     f"(the last, {traj[-1].state.describe()}, measured {measured[traj[-1].state]:.4g} ms)"
