@@ -17,7 +17,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from supernet.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "search_configs"
+CONFIG_MODULE = "search_configs"  # a package: its YAML files ship in the wheel (setup.cfg package_data)
 T = TypeVar("T")
 
 
@@ -36,7 +35,7 @@ class ConfigError(UserError):
 def compose(config_name: str, overrides: list[str], schema: type[T]) -> T:
     """Compose `search_configs/<config_name>.yaml` with `overrides` and return it as a `schema` instance."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import initialize_config_module
     from hydra.core.config_store import ConfigStore
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -44,7 +43,7 @@ def compose(config_name: str, overrides: list[str], schema: type[T]) -> T:
     ConfigStore.instance().store(name=f"{config_name}_schema", node=schema)
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     except (HydraException, OmegaConfBaseException) as e:

@@ -65,7 +65,7 @@ def test_split_is_seeded(fake_fashion):
 
 
 def test_missing_fashion_mnist_names_the_fix(tmp_path):
-    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist.*data.root=.*data=digits"):
         build_datasets(DataConfig(root=str(tmp_path)))
 
 

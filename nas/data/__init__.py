@@ -125,7 +125,8 @@ def _find(root: Path, stem: str) -> Path:
             return root / name
     raise DataError(
         f"Fashion-MNIST not found: no {stem}(.gz) in {root}. Install it with "
-        f"`apt-get install dataset-fashion-mnist` (Debian) or point data.root at a folder with the IDX files"
+        f"`sudo apt-get install dataset-fashion-mnist` (Debian), point data.root= at a folder with the IDX files, "
+        f"or run on scikit-learn's digits with data=digits"
     )
 
 
