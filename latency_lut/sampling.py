@@ -8,7 +8,7 @@ import random
 from latency_lut.measure import width_options
 from latency_lut.table import encode_stages, spec_rows
 from supernet.arch import ArchSpec, StageSpec
-from supernet.space import SpaceConfig
+from supernet.space import SpaceConfig, resized, stages_of, with_path
 
 
 def random_spec(space: SpaceConfig, num_classes: int, rng: random.Random, step: int = 16) -> ArchSpec:
@@ -29,25 +29,27 @@ def slimmer_like_spec(space: SpaceConfig, num_classes: int, rng: random.Random, 
     """A network like the slimmer's states: the full network (with or without an MB3D suffix in stages 3-4),
     then 1-5 slimming actions: drop a block, narrow a stage by `step`, empty a stage, or remove an MB3D."""
     full = space.max_spec(num_classes)
-    stages = []
-    for i, (d, w) in enumerate(zip(space.depths, space.widths)):
+    paths = []
+    for i, d in enumerate(space.depths):
         n3d = rng.choice([0, 0, 1, min(2, d)]) if "3d" in space.choices(i) else 0
-        stages.append([w, ["4d"] * (d - n3d) + ["3d"] * n3d])
+        paths.append(("4d",) * (d - n3d) + ("3d",) * n3d)
+    choices, widths = tuple(paths), tuple(space.widths)
     for _ in range(rng.randint(1, 5)):
         i = rng.randrange(4)
-        width, blocks = stages[i]
+        active = [j for j, c in enumerate(choices[i]) if c != "id"]
         action = rng.choice(["drop", "drop", "narrow", "narrow", "empty", "no3d"])
-        if action == "drop" and blocks:
-            blocks.pop(rng.randrange(len(blocks)))
-        elif action == "narrow" and width - step > 0:
-            stages[i][0] = width - step
+        if action == "drop" and active:
+            choices = with_path(choices, i, active[rng.randrange(len(active))], "id")
+        elif action == "narrow" and widths[i] - step > 0:
+            widths = resized(widths, i, -step)
         elif action == "empty":
-            blocks.clear()
-        elif action == "no3d" and "3d" in blocks:
-            blocks.remove("3d")
-        if not any(b for _, b in stages):  # never empty the whole network
-            blocks.append("4d")
-    return full.replace(stages=tuple(StageSpec(w, tuple(b)) for w, b in stages)).validate()
+            for j in active:
+                choices = with_path(choices, i, j, "id")
+        elif action == "no3d" and "3d" in choices[i]:
+            choices = with_path(choices, i, choices[i].index("3d"), "id")
+        if all(c == "id" for stage in choices for c in stage):  # never empty the whole network
+            choices = with_path(choices, i, 0, "4d")
+    return full.replace(stages=stages_of(choices, widths)).validate()
 
 
 def approx_cost(spec: ArchSpec) -> float:

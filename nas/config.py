@@ -22,14 +22,12 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from supernet.errors import UserError
+from supernet.errors import ConfigError
+
+__all__ = ["ConfigError", "compose", "config_main", "to_yaml"]
 
 CONFIG_MODULE = "search_configs"  # a package: its YAML files ship in the wheel (setup.cfg package_data)
 T = TypeVar("T")
-
-
-class ConfigError(UserError):
-    """A config override or YAML file is malformed or does not match its schema."""
 
 
 def compose(config_name: str, overrides: list[str], schema: type[T]) -> T:

@@ -73,8 +73,8 @@ class StageSpec:
         return len(self.blocks)
 
 
-@dataclass(frozen=True)
-class AttentionSpec:
+@dataclass(unsafe_hash=True)  # hashable by value inside a frozen ArchSpec; not frozen, so that hydra can
+class AttentionSpec:  # compose it as the space's `attention` group (space.attention.key_dim=8). Treat as immutable.
     key_dim: int = 32  # per-head query/key width, timm's default
     num_heads: int = 8
     attn_ratio: float = 4.0  # value width = attn_ratio * key_dim per head

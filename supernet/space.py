@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from supernet.arch import STAGES_WITH_3D, ArchSpec, AttentionSpec, SpecError, StageSpec
@@ -18,11 +19,44 @@ def stages_of(choices: Choices, widths: tuple[int, ...]) -> tuple[StageSpec, ...
     return tuple(StageSpec(w, tuple(c for c in stage if c != "id")) for w, stage in zip(widths, choices))
 
 
-@dataclass
-class AttentionConfig:
-    key_dim: int = 32
-    num_heads: int = 8
-    attn_ratio: float = 4.0
+# The slimming actions' edits, in one place: the slimmer's moves (nas/search/slimmer.py), the slimmer-like samples
+# (latency_lut/sampling.py) and the action pairs of LUT validation (latency_lut/validation.py) all make them here.
+def choices_of(stages: tuple[StageSpec, ...]) -> tuple[Choices, tuple[int, ...]]:
+    """The path (every MetaPath active) and widths of concrete stages: `stages_of`'s inverse.
+
+    >>> choices_of((StageSpec(16, ("4d",)), StageSpec(32, ("4d", "3d"))))
+    ((('4d',), ('4d', '3d')), (16, 32))
+    """
+    return tuple(tuple(s.blocks) for s in stages), tuple(s.width for s in stages)
+
+
+def with_path(choices: Choices, stage: int, pos: int, code: str) -> Choices:
+    """MetaPath `pos` of `stage` set to `code` ("id" drops it, "4d" replaces an MB3D, a block restores it).
+
+    >>> with_path((("4d", "3d"), ("4d",)), 0, 1, "id")
+    (('4d', 'id'), ('4d',))
+    """
+    out = [list(s) for s in choices]
+    out[stage][pos] = code
+    return tuple(tuple(s) for s in out)
+
+
+def first_mb3d(choices: Choices) -> tuple[int, int] | None:
+    """(stage, position) of the first MB3D in network order, or None.
+
+    >>> first_mb3d((("4d",), ("4d", "id"), ("4d", "3d", "3d")))
+    (2, 1)
+    """
+    return next(((i, j) for i, s in enumerate(choices) for j, c in enumerate(s) if c == "3d"), None)
+
+
+def resized(widths: tuple[int, ...], stage: int, delta: int) -> tuple[int, ...]:
+    """Stage `stage` narrowed (delta < 0) or widened (delta > 0) by |delta| channels.
+
+    >>> resized((32, 64), 1, -16)
+    (32, 48)
+    """
+    return tuple(w + delta if i == stage else w for i, w in enumerate(widths))
 
 
 @dataclass
@@ -35,7 +69,7 @@ class SpaceConfig:
     input_size: int = 224
     mlp_ratio: float = 4.0
     pool_size: int = 3
-    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    attention: AttentionSpec = field(default_factory=AttentionSpec)  # the one attention spec, also the schema
     layer_scale_init: float = 1e-5
     drop_path_rate: float = 0.0
 
@@ -54,7 +88,7 @@ class SpaceConfig:
             num_classes=num_classes,
             mlp_ratio=self.mlp_ratio,
             pool_size=self.pool_size,
-            attention=AttentionSpec(self.attention.key_dim, self.attention.num_heads, self.attention.attn_ratio),
+            attention=AttentionSpec(**dataclasses.asdict(self.attention)),  # hydra may hand over a copy
             drop_path_rate=self.drop_path_rate,
             layer_scale_init=self.layer_scale_init,
         ).validate()

@@ -105,11 +105,12 @@ def check_real_timings(imported: LatencyTable, direct: LatencyTable) -> None:
     one's" failed a CI run (9.0% against 2.5%) and one of three local runs of this test. How close an imported LUT
     comes at real settings is measured in benchmarks/bundle_round_trip.sh (README section 7); the import itself is
     checked exactly by `check_import_against_synthetic_timings`."""
-    from supernet.space import AttentionConfig, SpaceConfig
+    from supernet.arch import AttentionSpec
+    from supernet.space import SpaceConfig
 
     direct.check_fingerprint(imported.base_spec())  # the same space and settings
     space = SpaceConfig(name="small", depths=[1, 1, 2, 2], widths=[16, 16, 32, 32], input_size=32)
-    space.attention = AttentionConfig(key_dim=8, num_heads=2, attn_ratio=2.0)
+    space.attention = AttentionSpec(key_dim=8, num_heads=2, attn_ratio=2.0)
     # spread over the space's latency range, as calibration networks are: uniform draws of this small space lie
     # so close together that their rank order was within the timing noise (a CI run once gave Spearman 0.74)
     calib = {encode_stages(s) for s, _ in direct.networks()}

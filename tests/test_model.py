@@ -132,11 +132,12 @@ def emitted_tiny():
     stage 3 ends in MB3D *before* stage 4 (so its tokens are reshaped back) and whose stage 4 ends in MB4D."""
     import yaml
 
-    from supernet.space import AttentionConfig, SpaceConfig
+    from supernet.arch import AttentionSpec
+    from supernet.space import SpaceConfig
     from supernet.supernet import SuperNet
 
     space = SpaceConfig(**yaml.safe_load(open("search_configs/space/tiny.yaml")))
-    space.attention = AttentionConfig(**space.attention)
+    space.attention = AttentionSpec(**space.attention)
     net = SuperNet(space, num_classes=10)
     randomize_state(net, seed=4)
     choices = (("4d", "id"), ("4d", "4d"), ("4d", "id", "3d", "3d"), ("4d", "4d", "id"))

@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from supernet import build_model
-from supernet.space import AttentionConfig, SpaceConfig
+from supernet.arch import AttentionSpec
+from supernet.space import SpaceConfig
 from supernet.supernet import SuperNet
 from tests.conftest import randomize_state
 
 SMALL = SpaceConfig(
-    name="small", depths=[2, 1, 3, 2], widths=[16, 32, 48, 64], input_size=64, attention=AttentionConfig(8, 2, 2.0)
+    name="small", depths=[2, 1, 3, 2], widths=[16, 32, 48, 64], input_size=64, attention=AttentionSpec(8, 2, 2.0)
 )
 
 

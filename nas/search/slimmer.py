@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 from nas.search.evaluator import Score
 from nas.search.evolution import repair
 from nas.search.state import SlimState, Step, UnreachableTarget
-from supernet.space import Choices
+from supernet.space import first_mb3d, resized, with_path
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,6 @@ class Candidate:
     index: tuple[int, ...] = ()  # (stage, position) of a MetaPath, (stage,) of a stage
 
 
-def _set_choice(choices: Choices, stage: int, pos: int, code: str) -> Choices:
-    out = [list(s) for s in choices]
-    out[stage][pos] = code
-    return tuple(tuple(s) for s in out)
-
-
 def drop_path_candidates(state: SlimState, path_scores: Sequence[Sequence[float]]) -> list[Candidate]:
     """(a) Every active MetaPath set to Identity, least important first (ties: the later position first).
 
@@ -96,7 +90,7 @@ def drop_path_candidates(state: SlimState, path_scores: Sequence[Sequence[float]
         Candidate(
             "drop_path",
             f"stage{-i + 1}.path{-j + 1}",
-            replace(state, choices=_set_choice(state.choices, -i, -j, "id")),
+            replace(state, choices=with_path(state.choices, -i, -j, "id")),
             (-i, -j),
         )
         for _, i, j in active
@@ -110,14 +104,15 @@ def remove_first_mb3d(state: SlimState, to: str = "id") -> list[Candidate]:
     >>> remove_first_mb3d(s)[0].state.choices[2]
     ('4d', 'id', '3d')
     """
-    for i, s in enumerate(state.choices):
-        for j, c in enumerate(s):
-            if c == "3d":
-                if to == "id" and state.num_blocks <= 1:
-                    return []
-                new = replace(state, choices=_set_choice(state.choices, i, j, to))
-                return [Candidate("remove_mb3d", f"stage{i + 1}.path{j + 1}", new)]
-    return []
+    where = first_mb3d(state.choices)
+    if where is None or (to == "id" and state.num_blocks <= 1):
+        return []
+    i, j = where
+    return [
+        Candidate(
+            "remove_mb3d", f"stage{i + 1}.path{j + 1}", replace(state, choices=with_path(state.choices, i, j, to))
+        )
+    ]
 
 
 def narrow_stage_candidates(state: SlimState, stage_scores: Sequence[float], step: int = 16) -> list[Candidate]:
@@ -131,13 +126,12 @@ def narrow_stage_candidates(state: SlimState, stage_scores: Sequence[float], ste
     order = sorted((stage_scores[i], -i) for i in range(len(state.widths)) if state.widths[i] - step >= step)
     out = []
     for _, ni in order:
-        widths = list(state.widths)
-        widths[-ni] -= step
+        widths = resized(state.widths, -ni, -step)
         out.append(
             Candidate(
                 "narrow_stage",
                 f"stage{-ni + 1}: {state.widths[-ni]}->{widths[-ni]}",
-                replace(state, widths=tuple(widths)),
+                replace(state, widths=widths),
                 (-ni,),
             )
         )
@@ -159,7 +153,7 @@ def grow_candidates(
     for i, (s, s0) in enumerate(zip(state.choices, start.choices)):
         for j, (c, c0) in enumerate(zip(s, s0)):
             if c == "id" and c0 != "id":
-                new = _set_choice(state.choices, i, j, c0)
+                new = with_path(state.choices, i, j, c0)
                 if repair(new) == new:  # MB3D still a suffix of the stage
                     paths.append(
                         (
@@ -172,15 +166,8 @@ def grow_candidates(
     stages = []
     for i, (w, w0) in enumerate(zip(state.widths, start.widths)):
         if w + step <= w0:
-            widths = list(state.widths)
-            widths[i] += step
-            stages.append(
-                (
-                    -stage_scores[i],
-                    i,
-                    Candidate("widen_stage", f"stage{i + 1}: {w}->{w + step}", replace(state, widths=tuple(widths))),
-                )
-            )
+            widened = replace(state, widths=resized(state.widths, i, step))
+            stages.append((-stage_scores[i], i, Candidate("widen_stage", f"stage{i + 1}: {w}->{w + step}", widened)))
     return [p[-1] for p in sorted(paths, key=lambda p: p[:3])] + [s[-1] for s in sorted(stages, key=lambda s: s[:2])]
 
 
