@@ -130,9 +130,7 @@ def part_slim(a: argparse.Namespace) -> None:
     from nas.data import DataConfig
     from nas.search.bounds import min_latency
     from nas.search.evaluator import SubnetEvaluator, cached_batches
-    from nas.search.latency import StateLatency
-    from nas.search.slimmer import Slimmer
-    from nas.search.state import SlimState
+    from nas.search.slimming import SearchStack
     from supernet.supernet import SuperNet
 
     torch.set_num_threads(2)
@@ -151,13 +149,12 @@ def part_slim(a: argparse.Namespace) -> None:
         times.append(time.time() - t0)
         return acc
 
-    latency = StateLatency(net, table)
-
+    stack = SearchStack(net, table)  # the latency and start state nas.slim searches with
+    latency, start = stack.latency, stack.start
     floor, _ = min_latency(net, table, 16)
-    start = SlimState(net.derive(include_identity=False), tuple(space.widths))
     targets = [round(latency(start) * f, 2) for f in a.fractions]
     t0 = time.time()
-    traj = Slimmer(latency, timed_eval, *net.importance()).run(start, targets)
+    traj = stack.slimmer(timed_eval).run(start, targets)
     log_result(
         "slim",
         f"fresh l7 supernet, synthetic 224 px data ({a.val_images} val images, {len(bn)} BN batch of {a.batch}), "

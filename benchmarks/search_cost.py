@@ -36,16 +36,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from latency_lut.measure import width_options  # noqa: E402
 from latency_lut.table import LatencyTable  # noqa: E402
 from nas.config import compose, setup_logging  # noqa: E402
 from nas.search.evaluator import SubnetEvaluator, cached_batches  # noqa: E402
-from nas.search.evolution import Evolution, EvolutionConfig  # noqa: E402
-from nas.search.latency import StateLatency  # noqa: E402
+from nas.search.evolution import EvolutionConfig  # noqa: E402
 from nas.search.loading import load_supernet, supernet_data_config  # noqa: E402
-from nas.search.slimmer import METHODS, Slimmer  # noqa: E402
+from nas.search.slimmer import METHODS  # noqa: E402
+from nas.search.slimming import SearchStack, SlimConfig  # noqa: E402
 from nas.search.state import SlimState  # noqa: E402
-from nas.slim import SlimConfig  # noqa: E402
 from supernet.files import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -93,8 +91,8 @@ class Setup:
         self.rescore = SubnetEvaluator(
             self.net, *cached_batches(data, n, bn, bs, a.seed + 1, val_offset=(2 * a.seed + 1) * n)
         )
-        self.latency = StateLatency(self.net, self.table)
-        self.start = SlimState(self.net.derive(include_identity=False), tuple(self.net.space.widths))
+        self.stack = SearchStack(self.net, self.table)  # the latency and start state nas.slim searches with
+        self.latency, self.start = self.stack.latency, self.stack.start
 
     def evaluator(self) -> SubnetEvaluator:
         return SubnetEvaluator(self.net, *self.select_data)  # a fresh one per search: its count is its own
@@ -112,16 +110,14 @@ def counted(evaluator: SubnetEvaluator) -> tuple[callable, list[int]]:
 
 def slimmer_winner(su: Setup, method: str, target: float) -> tuple[SlimState, int]:
     evaluate, calls = counted(su.evaluator())
-    path_scores, stage_scores = su.net.importance()
-    slimmer = Slimmer(su.latency, evaluate, path_scores, stage_scores, SLIMMERS[method], su.latency.saving_se)
+    slimmer = su.stack.slimmer(evaluate, SLIMMERS[method])
     last = slimmer.run(su.start, target)[-1]
     return (slimmer.refill(last, target, su.start) or [last])[-1].state, calls[0]
 
 
 def baseline_winner(su: Setup, method: str, target: float, budget: int, seed: int) -> tuple[SlimState, int]:
     evaluate, calls = counted(su.evaluator())
-    widths = [width_options(w) for w in su.net.space.widths]
-    evo = Evolution(su.latency, evaluate, su.net.stage_choices, su.net.space.depths, widths, EvolutionConfig(seed=seed))
+    evo = su.stack.evolution(evaluate, EvolutionConfig(seed=seed))
     best, _ = evo.random_search(target, budget) if method == "random" else evo.run(target, budget)
     return best, calls[0]
 
