@@ -4,7 +4,6 @@ it once, and times runners. Backends: torch (CPU eager), onnxruntime (CPU), cuda
 
 from __future__ import annotations
 
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from latency_lut.bundle_measure import cpu_model
+from latency_lut.bundle_measure import device_name, ort_session
 from supernet.errors import UserError
 from supernet.formats import onnx_bytes, to_coreml
 
@@ -22,11 +21,6 @@ Runner = Callable[[], object]
 
 class BackendError(UserError):
     """A backend is unavailable here or cannot run a block."""
-
-
-def cpu_name() -> str:
-    """This machine's CPU model: the same name a device bundle's standalone measure.py records."""
-    return cpu_model() or platform.processor() or platform.machine()
 
 
 class Backend:
@@ -41,7 +35,7 @@ class Backend:
 
     @property
     def device(self) -> str:
-        return cpu_name()
+        return device_name()  # the same name a device bundle's standalone measure.py records
 
     @property
     def versions(self) -> str:
@@ -80,15 +74,7 @@ class OnnxRuntimeBackend(Backend):
         return f"onnxruntime={ort.__version__};torch={torch.__version__}"
 
     def prepare(self, module: nn.Module, x: torch.Tensor) -> Runner:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(self.threads, 0)
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(
-            onnx_bytes(module, x, exporter=self.exporter), opts, providers=["CPUExecutionProvider"]
-        )
+        sess = ort_session(onnx_bytes(module, x, exporter=self.exporter), self.threads)
         feed = {"x": x.contiguous().numpy()}
         return lambda: sess.run(None, feed)
 
@@ -143,7 +129,7 @@ class CoreMLBackend(Backend):
 
     @property
     def device(self) -> str:
-        return f"{platform.machine()} macOS {platform.mac_ver()[0]}" if sys.platform == "darwin" else platform.machine()
+        return device_name()
 
     @property
     def versions(self) -> str:

@@ -43,9 +43,22 @@ def cpu_model() -> str | None:
 
 
 def device_name() -> str:
+    """The device's name as every LUT records it: the CPU model (Linux), the machine and macOS version (Mac)."""
     if sys.platform == "darwin":
         return f"{platform.machine()} macOS {platform.mac_ver()[0]}"
     return cpu_model() or platform.processor() or platform.machine()
+
+
+def ort_session(model, threads: int):
+    """The one way this project opens an onnxruntime session to time (a bundle here, latency_lut's backend in the
+    package): `threads` intra-op threads (0: onnxruntime's default), one inter-op thread, every graph rewrite on."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(threads, 0)
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntime:
@@ -56,11 +69,7 @@ class OnnxRuntime:
         self.version = f"onnxruntime={ort.__version__}"
 
     def load(self, path: Path, feed: dict):
-        opts = self.ort.SessionOptions()
-        opts.intra_op_num_threads = max(self.threads, 0)
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = self.ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess = ort_session(str(path), self.threads)
         return lambda: sess.run(None, feed)
 
 

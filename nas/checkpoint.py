@@ -46,3 +46,23 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, 
         found = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not a {' or '.join(kinds)} checkpoint (found {found!r})")
     return ckpt
+
+
+def load_model_weights(
+    path: str | Path, spec: Any = None, kinds: tuple[str, ...] = (WEIGHTS_KIND, TRAIN_KIND)
+) -> tuple[Any, dict[str, torch.Tensor]]:
+    """(spec, state_dict) of the model weights in `path`: nas.slim's weights.pt or nas.train's checkpoint.pt.
+    With `spec` (an `ArchSpec`), weights saved for another architecture are refused. The one way weights are
+    loaded into `build_model(spec)`, by nas.train (init=inherited), nas.export and the API."""
+    from supernet.arch import ArchSpec
+
+    ckpt = load_checkpoint(path, kinds)
+    saved = ckpt.get("spec") or ckpt.get("meta", {}).get("spec")
+    saved = None if saved is None else ArchSpec.from_dict(saved)
+    if spec is not None and saved is not None and saved != spec:
+        raise CheckpointError(
+            f"{path} holds weights for another architecture ({saved.describe()}), not {spec.describe()}"
+        )
+    if spec is None and saved is None:
+        raise CheckpointError(f"{path} records no architecture; pass the arch it was trained for")
+    return saved if saved is not None else spec, ckpt["model"]

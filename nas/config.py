@@ -70,8 +70,31 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def config_main(config_name: str, schema: type[T], run: Callable[[T], Any], argv: list[str] | None = None) -> None:
-    """The `main` of an entry point whose arguments are all hydra overrides: log to the console, compose its
-    config from `argv` (default: the command line), and call `run` with it."""
-    setup_logging()
-    run(compose(config_name, sys.argv[1:] if argv is None else argv, schema))
+def config_main(
+    config_name: str,
+    schema: type[T],
+    run: Callable[..., Any],
+    argv: list[str] | None = None,
+    distributed: bool = False,
+) -> None:
+    """The `main` of every entry point whose arguments are all hydra overrides: compose its config from `argv`
+    (default: the command line) and call `run` with it. `--help` prints the config keys with their defaults.
+
+    `distributed` (the training commands): join torchrun's process group if there is one, log on rank 0 only,
+    call `run(cfg, dist_info)`, and always leave the group."""
+    argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv):
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        prog = spec.name.removesuffix(".__main__") if spec is not None else f"nas.{config_name}"
+        print(f"usage: python -m {prog} [key=value ...]   (hydra overrides; the config and its defaults below)\n")
+        print(to_yaml(compose(config_name, [], schema)))
+        return
+    if not distributed:
+        setup_logging()
+        run(compose(config_name, argv, schema))
+        return
+    from nas.training.trainer import distributed_session
+
+    with distributed_session() as dist_info:
+        setup_logging(logging.INFO if dist_info.is_main else logging.WARNING)
+        run(compose(config_name, argv, schema), dist_info)

@@ -23,7 +23,7 @@ import torch
 
 from latency_lut.measure import MeasureConfig, measure_networks
 from latency_lut.table import LatencyTable, LUTError
-from nas.checkpoint import TRAIN_KIND, WEIGHTS_KIND, CheckpointError, load_checkpoint
+from nas.checkpoint import load_model_weights
 from supernet.arch import ArchSpec, arch_meta, resolve_arch
 from supernet.errors import ConfigError
 from supernet.files import atomic_write_text
@@ -57,11 +57,7 @@ def load_model(cfg: ExportConfig):
         ).validate()
     model = build_model(spec)
     if cfg.weights:
-        ckpt = load_checkpoint(cfg.weights, (WEIGHTS_KIND, TRAIN_KIND))
-        saved = ckpt.get("spec") or ckpt.get("meta", {}).get("spec")
-        if saved is not None and ArchSpec.from_dict(saved) != spec:
-            raise CheckpointError(f"{cfg.weights} holds weights for another architecture than {cfg.arch}")
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(load_model_weights(cfg.weights, spec)[1])
     return spec, model.eval()
 
 

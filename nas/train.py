@@ -13,18 +13,16 @@ params, MACs, LUT-predicted latency).
 
 from __future__ import annotations
 
-import sys
-
+from nas.config import config_main
 from nas.errors import run_cli
 from nas.training.model import TrainModelConfig, train_model
-from nas.training.trainer import distributed_main
 
 __all__ = ["TrainModelConfig", "main", "run"]
 run = train_model  # the run folder; test top-1 and latency are logged and written to its metrics.json
 
 
 def main(argv: list[str] | None = None) -> None:
-    distributed_main("train", TrainModelConfig, run, sys.argv[1:] if argv is None else argv)
+    config_main("train", TrainModelConfig, run, argv, distributed=True)
 
 
 if __name__ == "__main__":

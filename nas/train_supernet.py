@@ -12,18 +12,16 @@ alpha.yaml (softmax(alpha), MetaPath and stage importance, the derived path) and
 
 from __future__ import annotations
 
-import sys
-
+from nas.config import config_main
 from nas.errors import run_cli
 from nas.training.supernet_run import TrainSupernetConfig, train_supernet
-from nas.training.trainer import distributed_main
 
 __all__ = ["TrainSupernetConfig", "main", "run"]
 run = train_supernet  # the run folder
 
 
 def main(argv: list[str] | None = None) -> None:
-    distributed_main("train_supernet", TrainSupernetConfig, run, sys.argv[1:] if argv is None else argv)
+    config_main("train_supernet", TrainSupernetConfig, run, argv, distributed=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from collections import defaultdict
 import torch
 import torch.nn as nn
 
+from supernet.arch import ArchSpec
 from supernet.blocks import Attention
 
 
@@ -57,3 +58,22 @@ def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> dict[str
             h.remove()
         model.train(was_training)
     return dict(per_part)
+
+
+def complexity_table(spec: ArchSpec, title: str = "") -> str:
+    """Parameters and MACs per part (stem, each stage, the heads) and in total, as `python -m nas.profile` prints."""
+    from supernet.model import build_model
+
+    model = build_model(spec)
+    macs = count_macs(model, spec.input_size, spec.in_chans)
+    head = f"{title + ': ' if title else ''}input {spec.input_size}px, depths {spec.depths}, widths {spec.widths}"
+    rows = [f"{head}, MB3D {spec.num_3d}", f"{'part':<10}{'params':>12}{'MACs':>12}"]
+    parts = [(p, m) for p, m in model.named_children() if p != "stages"]
+    parts[1:1] = [(f"stages.{i}", stage) for i, stage in enumerate(model.stages)]  # right after the stem
+    for part, module in parts:
+        n, m = count_params(module), macs.get(part, 0)
+        if n or m:
+            rows.append(f"{part:<10}{n / 1e6:>11.2f}M{m / 1e9:>11.3f}G")
+    rows.append(f"{'total':<10}{count_params(model) / 1e6:>11.2f}M{sum(macs.values()) / 1e9:>11.3f}G")
+    rows.append("MACs: conv + linear + attention matmuls at batch 1; BN/LN/activations/pooling/softmax not counted")
+    return "\n".join(rows)

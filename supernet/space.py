@@ -63,13 +63,14 @@ def resized(widths: tuple[int, ...], stage: int, delta: int) -> tuple[int, ...]:
 class SpaceConfig:
     """A hydra schema (`search_configs/space/*.yaml`). Each stage has `depths[i]` MetaPaths at width `widths[i]`."""
 
-    name: str = "l7"
-    depths: list[int] = field(default_factory=lambda: [6, 6, 18, 8])
-    widths: list[int] = field(default_factory=lambda: [96, 192, 384, 768])
-    input_size: int = 224
+    # The defaults are search_configs/space/tiny.yaml's, the default space of every command (space=l7: the paper's)
+    name: str = "tiny"
+    depths: list[int] = field(default_factory=lambda: [2, 2, 4, 3])
+    widths: list[int] = field(default_factory=lambda: [32, 64, 96, 128])
+    input_size: int = 64
     mlp_ratio: float = 4.0
     pool_size: int = 3
-    attention: AttentionSpec = field(default_factory=AttentionSpec)  # the one attention spec, also the schema
+    attention: AttentionSpec = field(default_factory=lambda: AttentionSpec(16, 4, 2.0))  # one spec, also the schema
     layer_scale_init: float = 1e-5
     drop_path_rate: float = 0.0
 

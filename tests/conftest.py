@@ -1,8 +1,3 @@
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -13,20 +8,6 @@ from supernet.arch import ArchSpec, StageSpec
 def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(2)
-
-
-def randomize_state(model: torch.nn.Module, seed: int = 0) -> None:
-    """Give every float tensor (weights, BN running stats, LayerScale, attention biases) non-trivial values,
-    so that equality checks cannot pass on zeros, ones and 1e-5 layer scales."""
-    g = torch.Generator().manual_seed(seed)
-    sd = model.state_dict()
-    for k, v in sd.items():
-        if v.dtype.is_floating_point:
-            if "running_var" in k:
-                sd[k] = torch.rand(v.shape, generator=g) + 0.5
-            else:
-                sd[k] = torch.randn(v.shape, generator=g) * 0.1
-    model.load_state_dict(sd)
 
 
 @pytest.fixture
@@ -56,7 +37,7 @@ def trained(tmp_path_factory):
     from nas.train_supernet import TrainSupernetConfig
     from nas.train_supernet import run as train_supernet
     from tests.helpers import FAST, SMALL_SPACE
-    from tests.test_train_supernet import SMALL
+    from tests.helpers import SMALL_TRAINING as SMALL
 
     root = tmp_path_factory.mktemp("slim")
     sn = train_supernet(
@@ -69,12 +50,3 @@ def trained(tmp_path_factory):
     net, _ = load_supernet(sn / "supernet.pt")
     start_ms = LatencyTable.load(lut).predict(net.spec_of(net.derive()))
     return sn / "supernet.pt", lut, start_ms
-
-
-def torchrun(module: str, args: list[str], port: int) -> subprocess.CompletedProcess:
-    """Run `python -m module args` as two CPU processes under torchrun (gloo), from the repository root."""
-    root = Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", module]
-    return subprocess.run(
-        [*cmd, *args], cwd=root, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )

@@ -6,7 +6,7 @@ from supernet import build_model
 from supernet.arch import PRESETS, ArchSpec, StageSpec
 from supernet.blocks import Flat, Unflat
 from supernet.complexity import count_macs, count_params
-from tests.conftest import randomize_state
+from tests.helpers import randomize_state
 
 TIMM_PARAMS_M = {"l1": "12.29", "l3": "31.41", "l7": "82.23"}
 

@@ -21,11 +21,10 @@ from nas.search.evaluator import Score, evaluate
 from nas.search.loading import load_supernet, load_weights
 from nas.search.slimmer import METHODS, Slimmer, drop_path_candidates, narrow_stage_candidates, remove_first_mb3d
 from nas.search.state import SlimState, Step, UnreachableTarget
-from nas.slim import SlimConfig
 from nas.slim import run as slim
 from supernet import build_model
 from supernet.arch import ArchSpec
-from tests.helpers import FAST, SMALL_SPACE
+from tests.helpers import FAST, SMALL_SPACE, slim_cfg
 
 ROOT = Path(__file__).resolve().parent.parent
 S = SlimState((("4d", "4d"), ("4d",), ("4d", "3d", "3d"), ("3d", "3d")), (32, 32, 48, 64))
@@ -69,7 +68,7 @@ def test_an_emptied_stage_keeps_its_importance_and_is_not_narrowed_over_and_over
     """Defect 1 of #13: summing importance over a stage's *active* MetaPaths scored an emptied stage 0, so it was
     narrowed again and again. The paper's stage importance (over all its MetaPaths) ranks it by its alpha."""
     from supernet.supernet import SuperNet
-    from tests.test_supernet import SMALL as SPACE
+    from tests.helpers import SMALL_SUPERNET_SPACE as SPACE
 
     net = SuperNet(SPACE, num_classes=10)
     with torch.no_grad():  # stage 3 is the most important; stage 2 the least
@@ -88,7 +87,7 @@ def test_an_emptied_stage_keeps_its_importance_and_is_not_narrowed_over_and_over
 
 def test_importance_ordering_from_hand_set_alpha_drives_the_drop_order():
     from supernet.supernet import SuperNet
-    from tests.test_supernet import SMALL as SPACE
+    from tests.helpers import SMALL_SUPERNET_SPACE as SPACE
 
     net = SuperNet(SPACE, num_classes=10)
     with torch.no_grad():  # identity probability rises along stage 3; stage 1 paths are very important
@@ -314,25 +313,6 @@ def test_slimmer_reports_an_unreachable_target():
 
 
 # ------------------------------------------------------------------------------------------ end to end
-def slim_cfg(trained, out, targets, *extra):
-    sn, lut, _ = trained
-    return compose(
-        "slim",
-        [
-            f"target_ms={targets}",
-            f"supernet={sn}",
-            f"lut={lut}",
-            f"out={out}",
-            "val_images=150",
-            "bn_batches=2",
-            "batch_size=64",
-            "threads=1",
-            *extra,
-        ],
-        SlimConfig,
-    )
-
-
 def test_slim_end_to_end_two_targets(trained, tmp_path):
     _, lut, start_ms = trained
     t_hi, t_lo = round(start_ms * 0.8, 4), round(start_ms * 0.55, 4)

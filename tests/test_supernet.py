@@ -4,14 +4,10 @@ import pytest
 import torch
 
 from supernet import build_model
-from supernet.arch import AttentionSpec
-from supernet.space import SpaceConfig
 from supernet.supernet import SuperNet
-from tests.conftest import randomize_state
+from tests.helpers import SMALL_SUPERNET_SPACE, randomize_state
 
-SMALL = SpaceConfig(
-    name="small", depths=[2, 1, 3, 2], widths=[16, 32, 48, 64], input_size=64, attention=AttentionSpec(8, 2, 2.0)
-)
+SMALL = SMALL_SUPERNET_SPACE
 
 
 def _set_one_hot(net: SuperNet, choices) -> None:
@@ -115,19 +111,25 @@ def test_training_noise_and_eval_without_noise(noise):
 
 
 def test_hard_mode_runs_one_branch_and_still_trains_alpha():
+    torch.manual_seed(0)
     net = SuperNet(SMALL, num_classes=10, hard=True)
     net.train()
-    calls = {"n": 0}
-    for path in net.stages[2].paths:
-        path.mb4d.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
-        path.mb3d.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
-    w = net.mixture_weights()
+    ran = []  # (MetaPath, branch) of every block branch that ran in stage 3
+    for j, path in enumerate(net.stages[2].paths):
+        path.mb4d.register_forward_hook(lambda *a, j=j: ran.append((j, "4d")))
+        path.mb3d.register_forward_hook(lambda *a, j=j: ran.append((j, "3d")))
+    used = []  # the weights the forward pass drew (the oracle for which branch each MetaPath must run)
+    draw = net.mixture_weights
+    net.mixture_weights = lambda: used.append(draw()) or used[-1]
+    loss = net(torch.randn(2, 3, 64, 64)).logsumexp(-1).mean()
+    loss.backward()
+    (w,) = used
     for stage in w:
         assert torch.equal(stage.detach().sum(-1), torch.ones(stage.shape[0]))
         assert ((stage.detach() == 0) | (stage.detach() == 1)).all()
-    loss = net(torch.randn(2, 3, 64, 64)).logsumexp(-1).mean()
-    loss.backward()
-    assert calls["n"] <= 3  # at most one block branch per MetaPath of stage 3
+    choices = net.space.choices(2)
+    picked = [choices[int(k)] for k in w[2].detach().argmax(-1)]
+    assert ran and sorted(ran) == sorted((j, c) for j, c in enumerate(picked) if c != "id")  # the sampled ones
     assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in net.alphas)
 
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -20,10 +21,7 @@ from nas.train import run as train
 from supernet import build_model
 from supernet.arch import ArchSpec
 from supernet.formats import ExportError
-from tests.conftest import torchrun
-from tests.helpers import FAST
-from tests.test_slim import slim_cfg
-from tests.test_train_supernet import SMALL
+from tests.helpers import FAST, SMALL_TRAINING, slim_cfg, torchrun
 
 DATA = ["data=digits", "train.batch_size=64", "train.eval_batch_size=200", "train.threads=1"]
 
@@ -166,17 +164,21 @@ def test_export_coreml_converts_on_linux(slimmed, tmp_path):
 def test_pipeline_chains_every_step(tmp_path):
     from nas.pipeline import run as pipeline
 
-    quick = [*SMALL, "train.epochs=1", *FAST, "val_images=100", "bn_batches=1"]
-    rep = pipeline(0.35, tmp_path, quick)  # below the start latency (about 0.55 ms at 32 px): slimming must act
-    assert set(rep["wall_s"]) == {"train_supernet", "build_lut", "slim", "train", "export"}
-    meta = yaml.safe_load((tmp_path / "slim" / "target_0.35ms" / "arch.yaml").read_text())["meta"]
-    assert meta["slimming_step"] > 0 and meta["measured_ms"] <= 0.35  # slimmed, and verified on measurement
+    quick = [*SMALL_TRAINING, "train.epochs=1", *FAST, "val_images=100", "bn_batches=1"]
+    first = pipeline(1000.0, tmp_path, quick)  # above any start latency: the unslimmed architecture
+    assert set(first["wall_s"]) == {"train_supernet", "build_lut", "slim", "train", "export"}
+    start_ms = float(pd.read_csv(tmp_path / "slim" / "trajectory.csv")["predicted_ms"].iloc[0])
+    t = round(0.7 * start_ms, 4)  # relative to this machine's own LUT, so reachable and needing steps on any CPU
+    rep = pipeline(t, tmp_path, quick)
+    assert {"slim", "train", "export"} <= set(rep["wall_s"]) and "build_lut" not in rep["wall_s"]  # target changed
+    meta = yaml.safe_load((tmp_path / "slim" / f"target_{t:g}ms" / "arch.yaml").read_text())["meta"]
+    assert meta["slimming_step"] > 0 and meta["measured_ms"] <= t  # slimmed, and verified on measurement
     assert 0 <= rep["test_top1"] <= 1 and (tmp_path / "export" / "model.onnx").is_file()
-    again = pipeline(0.35, tmp_path, quick)  # finished steps are skipped on a re-run
+    again = pipeline(t, tmp_path, quick)  # finished steps are skipped on a re-run
     assert "train_supernet" not in again["wall_s"] and "train" not in again["wall_s"]
     assert "slim" not in again["wall_s"]
     # a changed input re-runs its step and everything downstream (here: the slimmer's scoring set)
-    changed = pipeline(0.35, tmp_path, [*quick[:-2], "val_images=80", "bn_batches=1"])
+    changed = pipeline(t, tmp_path, [*quick[:-2], "val_images=80", "bn_batches=1"])
     assert "train_supernet" not in changed["wall_s"] and {"slim", "train"} <= set(changed["wall_s"])
     assert Path(tmp_path / "pipeline.json").is_file()
 

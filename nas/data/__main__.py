@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
-from nas.config import compose
+from nas.config import config_main
 from nas.data import DataConfig, build_datasets
 from nas.errors import run_cli
 
@@ -15,15 +14,17 @@ class DataInfoConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m nas.data data=digits`: load a dataset and print its split sizes (a quick data check)."""
-    cfg = compose("data_info", sys.argv[1:] if argv is None else argv, DataInfoConfig)
+def run(cfg: DataInfoConfig) -> None:
     s = build_datasets(cfg.data)
     x, _ = s.train[0]
     print(
         f"{cfg.data.name}: {len(s.train)} train / {len(s.val)} val / {len(s.test)} test, "
         f"{s.num_classes} classes, image {tuple(x.shape)}"
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    config_main("data_info", DataInfoConfig, run, argv)
 
 
 if __name__ == "__main__":

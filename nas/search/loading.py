@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from latency_lut.measure import space_rows
 from latency_lut.table import LatencyTable, LUTError
-from nas.checkpoint import SUPERNET_KIND, WEIGHTS_KIND, CheckpointError, load_checkpoint
+from nas.checkpoint import SUPERNET_KIND, WEIGHTS_KIND, CheckpointError, load_checkpoint, load_model_weights
 from nas.data import DataConfig
 from supernet.arch import ArchSpec
 from supernet.errors import UserError
@@ -83,8 +83,7 @@ def check_lut_covers(table: LatencyTable, net: SuperNet, step: int) -> None:
 
 def load_weights(path: str | Path) -> tuple[ArchSpec, EfficientViT]:
     """A `weights.pt` written by nas.slim, loaded into `build_model(spec)`."""
-    ckpt = load_checkpoint(path, WEIGHTS_KIND)
-    spec = ArchSpec.from_dict(ckpt["spec"])
+    spec, state = load_model_weights(path, kinds=(WEIGHTS_KIND,))
     model = EfficientViT(spec)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(state)
     return spec, model.eval()

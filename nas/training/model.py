@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from latency_lut.table import LatencyTable, LUTError
-from nas.checkpoint import TRAIN_KIND, WEIGHTS_KIND, CheckpointError, load_checkpoint
+from nas.checkpoint import TRAIN_KIND, WEIGHTS_KIND, CheckpointError, load_checkpoint, load_model_weights
 from nas.config import to_yaml
 from nas.data import DataConfig, build_datasets
 from nas.training.trainer import DistInfo, TrainConfig, Trainer, checkpoint_to_resume
@@ -54,10 +54,7 @@ def inherited_state(cfg: TrainModelConfig, spec: ArchSpec) -> dict[str, torch.Te
     if cfg.arch in PRESETS and not cfg.weights:
         raise ConfigError("init=inherited needs weights=PATH for a preset (nas.slim writes weights.pt for its archs)")
     path = Path(cfg.weights) if cfg.weights else Path(cfg.arch).parent / "weights.pt"
-    ckpt = load_checkpoint(path, WEIGHTS_KIND)
-    if ArchSpec.from_dict(ckpt["spec"]) != spec:
-        raise CheckpointError(f"{path} holds weights for another architecture than {cfg.arch}")
-    return ckpt["model"]
+    return load_model_weights(path, spec, kinds=(WEIGHTS_KIND,))[1]
 
 
 def predicted_latency(cfg: TrainModelConfig, spec: ArchSpec) -> tuple[float | None, str | None]:

@@ -1,0 +1,140 @@
+"""The training recipe's options, each against an oracle that fails when the option is off: Mixup and CutMix
+(what the model is fed and the soft targets it is scored on), RandAugment (torchvision's own transform under the
+same seed), gradient clipping (the gradient norm the optimizer steps with) and hard distillation (the DeiT loss
+computed by hand from the two heads and the teacher)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nas.data import DataConfig, TensorImages, build_datasets
+from nas.training.trainer import DistillConfig, TrainConfig, Trainer
+from supernet import build_model
+from supernet.arch import ArchSpec, AttentionSpec, StageSpec
+
+SPEC = ArchSpec(
+    stages=(StageSpec(16, ("4d",)), StageSpec(16, ("4d",)), StageSpec(32, ("4d",)), StageSpec(32, ("4d", "3d"))),
+    input_size=32,
+    num_classes=10,
+    attention=AttentionSpec(8, 2, 2.0),
+)
+
+
+def trainer(tmp_path, **train) -> Trainer:
+    splits = build_datasets(DataConfig(name="digits", input_size=32, val_size=64, augment=False))
+    cfg = TrainConfig(epochs=1, batch_size=16, threads=1, label_smoothing=0.0, **train)
+    return Trainer(build_model(SPEC), splits, cfg, tmp_path, meta={})
+
+
+def fed_to_model(tr: Trainer, x: torch.Tensor, y: torch.Tensor):
+    """The trainer's loss on (x, y), with the input the model actually received and its logits."""
+    seen = []
+    handle = tr.model.register_forward_hook(lambda m, args, out: seen.append((args[0].detach().clone(), out)))
+    loss, _ = tr.loss(x.clone(), y)  # Mixup works in place: keep our x intact
+    handle.remove()
+    (xin, logits), *_ = seen
+    return loss, xin, logits
+
+
+def soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.sum(-target * F.log_softmax(logits, -1), -1).mean()
+
+
+def batch(tr: Trainer):
+    torch.manual_seed(1)
+    return next(iter(tr.train_loader))
+
+
+def test_mixup_feeds_a_convex_pair_and_scores_mixed_targets(tmp_path):
+    tr = trainer(tmp_path, mixup=0.8)
+    x, y = batch(tr)
+    loss, xin, logits = fed_to_model(tr, x, y)
+    xf = x.flip(0)
+    lam = float(((xin - xf) * (x - xf)).sum() / ((x - xf) ** 2).sum())  # least squares: xin = lam x + (1-lam) xf
+    assert 0 < lam < 1 and torch.allclose(xin, lam * x + (1 - lam) * xf, atol=1e-5)
+    target = lam * F.one_hot(y, 10) + (1 - lam) * F.one_hot(y.flip(0), 10)
+    assert loss.item() == pytest.approx(soft_ce(logits, target).item(), rel=1e-5)
+    plain, xin0, _ = fed_to_model(trainer(tmp_path / "off"), x, y)
+    assert torch.equal(xin0, x)  # without mixup the batch goes in as it is
+
+
+def test_cutmix_pastes_one_box_from_the_flipped_batch_and_scores_its_area(tmp_path):
+    tr = trainer(tmp_path, cutmix=1.0)
+    x, y = batch(tr)
+    loss, xin, logits = fed_to_model(tr, x, y)
+    xf = x.flip(0)
+    changed = (xin != x).any(0).any(0)  # (H, W): pixels taken from the other image
+    rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+    assert len(rows) and len(cols)
+    box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+    assert changed[box].all() and changed.sum() == changed[box].numel()  # one rectangle
+    assert torch.equal(xin[:, :, box[0], box[1]], xf[:, :, box[0], box[1]])
+    area = changed[box].numel() / changed.numel()
+    target = (1 - area) * F.one_hot(y, 10) + area * F.one_hot(y.flip(0), 10)
+    assert loss.item() == pytest.approx(soft_ce(logits, target).item(), rel=1e-5)
+
+
+def test_randaugment_is_torchvisions_on_the_training_split_only():
+    from torchvision.transforms import RandAugment
+
+    splits = build_datasets(
+        DataConfig(name="digits", input_size=32, val_size=64, augment=False, auto_augment="rand-m9")
+    )
+    train = splits.train
+    assert splits.val.rand_augment is None and splits.test.rand_augment is None
+    raw = (train.images.float() * (255 / train.max_value)).byte()
+    oracle = RandAugment(num_ops=2, magnitude=9)
+    differs = 0
+    for i in range(8):
+        torch.manual_seed(100 + i)
+        got, _ = train[i]
+        torch.manual_seed(100 + i)
+        by_hand = oracle(raw[i]).float() * (train.max_value / 255)
+        plain = TensorImages(
+            by_hand[None], train.labels[i : i + 1], 32, train.mean, train.std, max_value=train.max_value
+        )
+        assert torch.allclose(got, plain[0][0], atol=1e-6)
+        unaugmented = TensorImages(train.images[i : i + 1], train.labels[i : i + 1], 32, train.mean, train.std)
+        unaugmented.max_value = train.max_value
+        differs += not torch.allclose(got, unaugmented[0][0], atol=1e-4)
+    assert differs >= 4  # the option changes what the model sees
+
+
+def test_gradient_clipping_bounds_the_norm_the_optimizer_steps_with(tmp_path):
+    # the trainer's own epoch loop, with clipping on: every step's gradient norm is at most the bound
+    tr = trainer(tmp_path, clip_grad=0.01)
+    norms = []
+    step = tr.optimizer.step
+
+    def recording_step(*a, **k):
+        grads = [p.grad for _, p in tr.weight_params() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return step(*a, **k)
+
+    tr.optimizer.step = recording_step
+    tr.train_one_epoch(0)
+    assert norms and max(norms) <= 0.01 * (1 + 1e-4)
+    # without clipping the same model's gradients are far larger, so the bound above was the clipping's doing
+    unclipped = trainer(tmp_path / "off")
+    x, y = batch(unclipped)
+    loss, _ = unclipped.loss(x, y)
+    loss.backward()
+    grads = [p.grad for _, p in unclipped.weight_params() if p.grad is not None]
+    assert float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) > 0.1
+
+
+def test_hard_distillation_loss_is_deits_from_both_heads_and_the_teacher(tmp_path):
+    import timm
+
+    teacher = timm.create_model("resnet10t", num_classes=10)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    distill = DistillConfig(teacher="resnet10t", checkpoint=str(tmp_path / "teacher.pt"), weight=0.3)
+    tr = trainer(tmp_path / "run", distill=distill)
+    x, y = batch(tr)
+    loss, _ = tr.loss(x, y)
+    cls, dist = tr.model(x)  # train mode, no drop path: the same outputs the loss saw
+    with torch.no_grad():
+        teacher_labels = tr.teacher(x).argmax(-1)
+    by_hand = 0.7 * F.cross_entropy(cls, y) + 0.3 * F.cross_entropy(dist, teacher_labels)
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert abs(loss.item() - F.cross_entropy(cls, y).item()) > 1e-3  # the teacher's term matters
