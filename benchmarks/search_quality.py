@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_cost  # noqa: E402
 
 from latency_lut.backends import make_backend  # noqa: E402
-from latency_lut.measure import MeasureConfig, measure_networks, width_options  # noqa: E402
+from latency_lut.measure import MeasureConfig, measure_networks  # noqa: E402
 from nas.config import compose, setup_logging  # noqa: E402
-from nas.search.evolution import Evolution, EvolutionConfig  # noqa: E402
+from nas.search.evolution import EvolutionConfig  # noqa: E402
 from nas.train import TrainModelConfig  # noqa: E402
 from nas.train import run as train  # noqa: E402
 from supernet.arch import ArchSpec  # noqa: E402
@@ -91,12 +91,9 @@ def search_stage(a: argparse.Namespace) -> pd.DataFrame:
 
 def extra_archs(a: argparse.Namespace, su: search_cost.Setup) -> pd.DataFrame:
     """`--extra` random states per target in [0.6T, T], re-scored like the winners (the rank test's spread)."""
-    widths = [width_options(w) for w in su.net.space.widths]
     rows = []
     for t in a.targets:
-        evo = Evolution(
-            su.latency, su.rescore, su.net.stage_choices, su.net.space.depths, widths, EvolutionConfig(seed=7)
-        )
+        evo = su.stack.evolution(su.rescore, EvolutionConfig(seed=7))
         evo.random_search(t, a.extra, low_fraction=0.6)  # re-scored as they are sampled
         for s, re in evo.scores.items():
             spec = su.net.spec_of(s.choices, s.widths)

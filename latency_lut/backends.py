@@ -5,13 +5,12 @@ it once, and times runners. Backends: torch (CPU eager), onnxruntime (CPU), cuda
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
-from latency_lut.bundle_measure import device_name, ort_session
+from latency_lut.bundle_measure import device_name, ort_session, time_runs
 from supernet.errors import UserError
 from supernet.formats import onnx_bytes, to_coreml
 
@@ -52,12 +51,7 @@ class Backend:
 
     def time(self, runner: Runner, n: int) -> list[float]:
         """n back-to-back calls, each timed on its own, in ms."""
-        out = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            runner()
-            out.append((time.perf_counter() - t0) * 1e3)
-        return out
+        return time_runs(runner, n)
 
 
 class OnnxRuntimeBackend(Backend):

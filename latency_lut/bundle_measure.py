@@ -87,12 +87,23 @@ class CoreML:
         return lambda: model.predict(feed)
 
 
-def summarize(samples: list[float], percentile: float) -> dict:
+def summarize(samples: list[float], percentile: float = 25.0) -> dict:
+    """An item's timings reduced to its statistic (`percentile`), with its p25 and p75 and the number of runs."""
     import numpy as np
 
     a = np.asarray(samples)
     stats = {"ms": np.percentile(a, percentile), "p25_ms": np.percentile(a, 25), "p75_ms": np.percentile(a, 75)}
     return {**{k: float(v) for k, v in stats.items()}, "runs": len(a)}
+
+
+def time_runs(run, n: int) -> list[float]:
+    """n back-to-back calls, each timed on its own, in ms (CPU runtimes; CUDA times with events instead)."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        run()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
 
 
 def settled(history: list, pct: float) -> bool:
@@ -113,23 +124,20 @@ def settled(history: list, pct: float) -> bool:
     return bool(all((s < pct).all() for s in steps))
 
 
-def time_group(runners: dict, group: list[str], m: dict, rng: random.Random) -> dict[str, dict]:
-    """One interleaved measurement of a group: warm-up, then shuffled rounds of back-to-back runs."""
+def time_group(runners: dict, group: list, m: dict, rng: random.Random, timer=time_runs) -> dict:
+    """One interleaved measurement of a group: warm-up, then shuffled rounds of back-to-back runs, each item's
+    timings reduced by `summarize`. The one timing loop: this script's, and latency_lut.measure's in the package."""
     for name in group:
         for _ in range(m["warmup"]):
             runners[name]()
     import numpy as np
 
-    samples: dict[str, list[float]] = {name: [] for name in group}
+    samples: dict = {name: [] for name in group}
     order, history = list(group), []
     for r in range(m["rounds"]):
         rng.shuffle(order)
         for name in order:
-            run = runners[name]
-            for _ in range(m["runs_per_round"]):
-                t0 = time.perf_counter()
-                run()
-                samples[name].append((time.perf_counter() - t0) * 1e3)
+            samples[name] += timer(runners[name], m["runs_per_round"])
         if m.get("min_rounds", 0) > 0:  # adaptive: stop once every model's figure has settled (see the manifest)
             history.append(np.array([np.percentile(samples[n], m["percentile"]) for n in group]))
             if r + 1 >= m["min_rounds"] and settled(history, m["settle_pct"]):

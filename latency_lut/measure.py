@@ -24,6 +24,7 @@ chunk of groups is written at once, so a crash loses at most the chunk in flight
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -35,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from latency_lut.backends import Backend, Runner
-from latency_lut.bundle_measure import settled
+from latency_lut.bundle_measure import time_group
 from latency_lut.table import Row
 from supernet.arch import ArchSpec, StageSpec
 from supernet.model import build_model, layer_plan
@@ -183,16 +184,6 @@ def network_module(spec: ArchSpec, batch: int) -> tuple[nn.Module, torch.Tensor]
     return build_model(spec).eval().fuse(), torch.randn(batch, spec.in_chans, spec.input_size, spec.input_size)
 
 
-def summarize(samples: list[float], percentile: float = 25.0) -> dict[str, float]:
-    a = np.asarray(samples)
-    return {
-        "ms": float(np.percentile(a, percentile)),
-        "p25_ms": float(np.percentile(a, 25)),
-        "p75_ms": float(np.percentile(a, 75)),
-        "runs": len(a),
-    }
-
-
 def measure_interleaved(
     items: Sequence[object],
     prepare: Callable[[Any], Runner],
@@ -200,23 +191,11 @@ def measure_interleaved(
     cfg: MeasureConfig,
     rng: random.Random,
 ) -> list[dict[str, float]]:
-    """Time `items` together: warm-up, then `cfg.rounds` shuffled rounds of `cfg.runs_per_round` runs each."""
-    runners = [prepare(it) for it in items]
-    for run in runners:
-        for _ in range(cfg.warmup):
-            run()
-    samples: list[list[float]] = [[] for _ in items]
-    order = list(range(len(items)))
-    history: list[np.ndarray] = []
-    for r in range(cfg.rounds):
-        rng.shuffle(order)
-        for k in order:
-            samples[k] += backend.time(runners[k], cfg.runs_per_round)
-        if cfg.min_rounds > 0:
-            history.append(np.array([np.percentile(s, cfg.percentile) for s in samples]))
-            if r + 1 >= cfg.min_rounds and settled(history, cfg.settle_pct):
-                break
-    return [summarize(s, cfg.percentile) for s in samples]
+    """Time `items` together: warm-up, then `cfg.rounds` shuffled rounds of `cfg.runs_per_round` runs each, timed
+    by the backend (bundle_measure.time_group: the same loop a device bundle's measure.py runs)."""
+    runners = {k: prepare(it) for k, it in enumerate(items)}
+    stats = time_group(runners, list(runners), dataclasses.asdict(cfg), rng, backend.time)
+    return [stats[k] for k in runners]
 
 
 def combine_passes(passes: list[dict[str, float]], whole: bool) -> dict[str, float]:

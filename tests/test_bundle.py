@@ -54,6 +54,7 @@ def run_measure(py: Path, bundle: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.timing  # ranks independently timed networks: relative, side by side
 def test_bundle_round_trip_with_only_numpy_and_onnxruntime(tmp_path):
     bundle = tmp_path / "bundle"
     build_lut(compose("build_lut", [*ORT, f"bundle={bundle}"], BuildLUTConfig))
@@ -278,3 +279,37 @@ def test_remote_verify_round_trip_with_only_numpy_and_onnxruntime(trained, tmp_p
     again.append(f"from_timings={bundle}")
     with pytest.raises(LUTError, match="written for another LUT"):
         slim(compose("slim", again, SlimConfig))
+
+
+def test_the_bundle_script_and_the_package_time_a_model_alike(monkeypatch):
+    """A device bundle's standalone measure.py and the in-package measurement run one timing loop: on the same
+    models, settings and seed they call the models in the same order and report the same statistics (a scripted
+    clock in which model k takes exactly cost[k] seconds per call)."""
+    import random
+
+    import latency_lut.bundle_measure as standalone
+    from latency_lut.backends import Backend
+    from latency_lut.measure import MeasureConfig, measure_interleaved
+
+    now = [0.0]
+    monkeypatch.setattr(standalone.time, "perf_counter", lambda: now[0])
+    cost = {"a": 0.001, "b": 0.003, "c": 0.002}
+    calls: list[list[str]] = [[], []]
+
+    def runner(name, log):
+        def run():
+            log.append(name)
+            now[0] += cost[name]
+
+        return run
+
+    cfg = MeasureConfig(warmup=2, rounds=4, runs_per_round=3, percentile=25.0)
+    package = measure_interleaved(list(cost), lambda n: runner(n, calls[0]), Backend(0), cfg, random.Random(7))
+    import dataclasses
+
+    script = standalone.time_group(
+        {n: runner(n, calls[1]) for n in cost}, list(cost), dataclasses.asdict(cfg), random.Random(7)
+    )
+    assert calls[0] == calls[1] and len(calls[0]) == 3 * (2 + 4 * 3)
+    for name, st in zip(cost, package):
+        assert st == pytest.approx(script[name]) and st["ms"] == pytest.approx(cost[name] * 1e3) and st["runs"] == 12
