@@ -11,7 +11,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch/torchvision are pinned by constraints.txt and resolved in the same command as timm.
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+# The executorch extra (ExecuTorch + XNNPACK, about 15 s more) gives backend=executorch and format=executorch.
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev,executorch]"
 
 # Fashion-MNIST (the default dataset) from Debian, only where that is possible; skipped quietly elsewhere.
 if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \

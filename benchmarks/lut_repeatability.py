@@ -34,7 +34,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from latency_lut.backends import cpu_name  # noqa: E402
+from latency_lut.bundle_measure import device_name  # noqa: E402
 from latency_lut.table import KEY_COLUMNS, LAYER_KINDS, LatencyTable  # noqa: E402
 from nas.build_lut import BuildLUTConfig  # noqa: E402
 from nas.build_lut import run as build_lut  # noqa: E402
@@ -116,7 +116,7 @@ def main() -> None:
             spreads[config] = row_spread([t for _, t, _ in done]) if len(done) > 1 else float("nan")
     lines = [
         f"LUT method across configurations: space={a.space}, {a.builds} fresh builds each, {a.samples} held-out "
-        f"networks per validation; CPU {cpu_name()}; {time.time() - t_start:.0f} s in all",
+        f"networks per validation; CPU {device_name()}; {time.time() - t_start:.0f} s in all",
         "config = backend:threads:input:batch; host = the machine's variation during the build (calibration visits);",
         "cal = predict as built; now = each group's drift removed (its reference networks); alone = the independent",
         "protocol with its global drift removed; gap = its median distance from the build's protocol (spread: its own)",

@@ -10,11 +10,11 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from latency_lut.bundle_measure import device_name, ort_session, time_runs
+from latency_lut.bundle_measure import device_name, et_method, et_version, ort_session, time_runs
 from supernet.errors import UserError
-from supernet.formats import onnx_bytes, to_coreml
+from supernet.formats import EXECUTORCH_MISSING, executorch_available, onnx_bytes, pte_bytes, to_coreml
 
-BACKENDS = ("torch", "onnxruntime", "cuda", "coreml")
+BACKENDS = ("torch", "onnxruntime", "executorch", "cuda", "coreml")
 Runner = Callable[[], object]
 
 
@@ -71,6 +71,36 @@ class OnnxRuntimeBackend(Backend):
         sess = ort_session(onnx_bytes(module, x, exporter=self.exporter), self.threads)
         feed = {"x": x.contiguous().numpy()}
         return lambda: sess.run(None, feed)
+
+
+class ExecuTorchBackend(Backend):
+    """ExecuTorch with the XNNPACK delegate (fp32): each module lowered to a .pte in memory and run by ExecuTorch's
+    Python runtime, the C++ runtime and kernels a phone runs (`supernet.formats.pte_bytes`)."""
+
+    name = "executorch"
+
+    def setup(self) -> None:
+        if not executorch_available():
+            raise BackendError(f"backend=executorch: {EXECUTORCH_MISSING}")
+        super().setup()
+
+    @property
+    def versions(self) -> str:
+        return f"{et_version()};torch={torch.__version__}"
+
+    def __init__(self, threads: int = 1):
+        super().__init__(threads)
+        self._programs: dict[tuple[str, tuple[int, ...]], bytes] = {}
+
+    def prepare(self, module: nn.Module, x: torch.Tensor) -> Runner:
+        # Lowering takes seconds per model; the same architecture at the same input shape (a calibration network's
+        # visits, a validation's reference networks) is lowered once. Its timing does not depend on the weights.
+        key = (repr(module), tuple(x.shape))
+        if key not in self._programs:
+            self._programs[key] = pte_bytes(module, x)
+        method = et_method(self._programs[key], self.threads)
+        inputs = [x.contiguous()]
+        return lambda: method.execute(inputs)
 
 
 class CudaBackend(Backend):
@@ -142,6 +172,8 @@ def make_backend(name: str, threads: int = 1, convert_only: bool = False) -> Bac
         return Backend(threads)
     if name == "onnxruntime":
         return OnnxRuntimeBackend(threads)
+    if name == "executorch":
+        return ExecuTorchBackend(threads)
     if name == "cuda":
         return CudaBackend(threads)
     if name == "coreml":

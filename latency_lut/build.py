@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class BuildLUTConfig:
     space: SpaceConfig = field(default_factory=SpaceConfig)
-    backend: str = "torch"  # torch | onnxruntime | cuda | coreml
+    backend: str = "torch"  # torch | onnxruntime | executorch | cuda | coreml
     out: str | None = None  # CSV path; default runs/lut/<space>-<backend>-<timestamp>/lut.csv
     threads: int = 1  # pinned and recorded; 1 is the usual mobile-like setting
     batch: int = 1
@@ -56,7 +56,7 @@ class BuildLUTConfig:
     calibration_seed: int = 1000  # validation draws with other seeds and skips these networks
     calibration_visits: int = 3  # each calibration network is measured this many times, spread over the build
     recalibrate: bool = False  # re-time only the calibration networks of the existing out= LUT (machine drift)
-    bundle: str | None = None  # write a device bundle to this folder instead of measuring here (onnxruntime | coreml)
+    bundle: str | None = None  # write a device bundle here instead of measuring (onnxruntime | executorch | coreml)
     from_bundle: str | None = None  # turn a measured bundle's timings.csv into a LUT (out= or DIR/lut.csv)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
@@ -165,7 +165,7 @@ def fit_report(table: LatencyTable) -> str:
 def make_bundle(cfg: BuildLUTConfig, spec, rows: list[Row]) -> Path:
     """Export every item a local build would time into a device bundle (latency_lut/bundle.py); no timing here."""
     if cfg.backend not in SUFFIX:
-        raise ConfigError(f"bundle= is for backend=onnxruntime or backend=coreml, not backend={cfg.backend}")
+        raise ConfigError(f"bundle= is for backend={' or backend='.join(SUFFIX)}, not backend={cfg.backend}")
     items = [*rows, *calibration_nets(cfg), CALL]
     folder = Path(cfg.bundle)
     torch.manual_seed(cfg.measure.seed)
@@ -175,7 +175,7 @@ def make_bundle(cfg: BuildLUTConfig, spec, rows: list[Row]) -> Path:
         "wrote bundle %s: copy it to the device, run `python measure.py` inside it (numpy and %s only), copy it "
         "back, then `python -m nas.build_lut from_bundle=%s out=lut.csv`",
         folder,
-        "onnxruntime" if cfg.backend == "onnxruntime" else "coremltools on macOS",
+        {"onnxruntime": "onnxruntime", "executorch": "executorch", "coreml": "coremltools on macOS"}[cfg.backend],
         folder,
     )
     return folder

@@ -1,12 +1,13 @@
 """Device bundles: a latency table measured where the model will run, without torch or this package there.
 
 `write_bundle` exports every model `nas.build_lut` would time (each layer row's two chains, the per-call `call`
-model, the calibration networks) as a file of the target runtime (`.onnx` for onnxruntime, `.mlpackage` for
-CoreML), with a manifest (item keys, input names, shapes and layouts, the measurement settings and the very groups
-and order the interleaved method uses) and a standalone `measure.py` (numpy and the runtime only). On the device,
-`measure.py` writes `timings.csv`: each model's statistics per pass. `read_bundle` turns those timings back into
-table items exactly as a local build does (a row is the median pass of its chain differences, a network or the
-call its fastest pass), so `nas.build_lut from_bundle=DIR` writes a normal, calibrated, fingerprinted LUT.
+model, the calibration networks) as a file of the target runtime (`.onnx` for onnxruntime, `.pte` for ExecuTorch,
+`.mlpackage` for CoreML), with a manifest (item keys, input names, shapes and layouts, the measurement settings and
+the very groups and order the interleaved method uses) and a standalone `measure.py` (numpy and the runtime only).
+On the device, `measure.py` writes `timings.csv`: each model's statistics per pass. `read_bundle` turns those
+timings back into table items exactly as a local build does (a row is the median pass of its chain differences, a
+network or the call its fastest pass), so `nas.build_lut from_bundle=DIR` writes a normal, calibrated,
+fingerprinted LUT.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from latency_lut.measure import CALL, Chain, Item, MeasureConfig, Net, item_modu
 from latency_lut.table import LUTError, Row, decode_stages, encode_stages
 from supernet.arch import ArchSpec
 from supernet.files import atomic_write_text
-from supernet.formats import onnx_bytes, to_coreml
+from supernet.formats import onnx_bytes, pte_bytes, to_coreml
 
 FORMAT = 1
-SUFFIX = {"onnxruntime": ".onnx", "coreml": ".mlpackage"}
+SUFFIX = {"onnxruntime": ".onnx", "coreml": ".mlpackage", "executorch": ".pte"}
 MEASURE_SCRIPT = Path(__file__).with_name("bundle_measure.py")
 
 
@@ -64,6 +65,8 @@ def export_item(item: Chain | Row | Net, base: ArchSpec, batch: int, runtime: st
     module, x = item_module(item, base, batch)
     if runtime == "onnxruntime":
         path.write_bytes(onnx_bytes(module, x))
+    elif runtime == "executorch":
+        path.write_bytes(pte_bytes(module, x))
     else:
         to_coreml(module, x).save(str(path))
     return list(x.shape)
@@ -82,7 +85,7 @@ def write_bundle(
     """Export the models of `items` into a new bundle folder (staged, then moved into place: an existing folder is
     never overwritten). `meta` is what the LUT records besides the device (threads, input size, fingerprint...)."""
     if runtime not in SUFFIX:
-        raise LUTError(f"bundles are made for onnxruntime or coreml, not {runtime!r}")
+        raise LUTError(f"bundles are made for {', '.join(SUFFIX)}, not {runtime!r}")
     if folder.exists() and any(folder.iterdir()):
         raise LUTError(f"bundle={folder} exists and is not empty; choose a new folder")
     groups = plan_groups(items, cfg)

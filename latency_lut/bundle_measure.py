@@ -73,6 +73,48 @@ class OnnxRuntime:
         return lambda: sess.run(None, feed)
 
 
+class ETMethod:
+    """The `forward` of a loaded ExecuTorch program. It holds the program and its bytes: the method points into
+    both, and running it after either is freed crashes the process."""
+
+    def __init__(self, program, threads: int):
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
+
+        if threads > 0:
+            portable_lib._unsafe_reset_threadpool(threads)
+        self.source = program
+        self.program = Runtime.get().load_program(program)
+        self.method = self.program.load_method("forward")
+
+    def execute(self, inputs):
+        return self.method.execute(inputs)
+
+
+def et_method(program, threads: int) -> ETMethod:
+    """The `forward` of an ExecuTorch program (.pte bytes or path), with XNNPACK's thread pool at `threads` (0:
+    ExecuTorch's default). The one way this project loads a .pte to time or check it."""
+    return ETMethod(program, threads)
+
+
+def et_version() -> str:
+    from importlib.metadata import version
+
+    return f"executorch={version('executorch')}"
+
+
+class ExecuTorch:
+    def __init__(self, threads: int):
+        self.threads, self.version = threads, et_version()
+
+    def load(self, path: Path, feed: dict):
+        import torch  # ExecuTorch's Python runtime takes torch tensors (the executorch wheel brings torch)
+
+        method = et_method(Path(path), self.threads)
+        inputs = [torch.from_numpy(v) for v in feed.values()]
+        return lambda: method.execute(inputs)
+
+
 class CoreML:
     def __init__(self, threads: int):
         if sys.platform != "darwin":
@@ -178,7 +220,7 @@ def main() -> None:
     root = Path(a.bundle)
     manifest = json.loads((root / "manifest.json").read_text())
     m, threads = manifest["measure"], manifest["threads"] if a.threads is None else a.threads
-    runtime = (OnnxRuntime if manifest["runtime"] == "onnxruntime" else CoreML)(threads)
+    runtime = {"onnxruntime": OnnxRuntime, "coreml": CoreML, "executorch": ExecuTorch}[manifest["runtime"]](threads)
     items = {it["id"]: it for it in manifest["items"]}
     out = root / "timings.csv"
     done = done_items(out, m["passes"])

@@ -3,7 +3,8 @@ to ONNX, CoreML or TorchScript, checked against the *unfused* eager model (so a 
 LUT-predicted latency and, where the LUT's backend runs here, its measured latency. `python -m nas.export` is the
 command line of `export`.
 
-ONNX is checked with onnxruntime (max abs diff; above `tolerance` it fails). CoreML writes an .mlpackage
+ONNX is checked with onnxruntime and ExecuTorch (.pte, XNNPACK-delegated, fp32) with ExecuTorch's runtime (max abs
+diff; above `tolerance` it fails). CoreML writes an .mlpackage
 (mlprogram) whose numeric check runs only on macOS, where MLModel.predict exists. TorchScript is checked too.
 """
 
@@ -21,23 +22,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from latency_lut.bundle_measure import et_method
 from latency_lut.measure import MeasureConfig, measure_networks
 from latency_lut.table import LatencyTable, LUTError
 from nas.checkpoint import load_model_weights
 from supernet.arch import ArchSpec, arch_meta, resolve_arch
 from supernet.errors import ConfigError
 from supernet.files import atomic_write_text
-from supernet.formats import ExportError, onnx_bytes, to_coreml
+from supernet.formats import ExportError, onnx_bytes, pte_bytes, to_coreml
 
 log = logging.getLogger(__name__)
-FORMATS = ("onnx", "coreml", "torchscript")
+FORMATS = ("onnx", "executorch", "coreml", "torchscript")
 
 
 @dataclass
 class ExportConfig:
     arch: str = "???"  # a preset or an arch YAML
     weights: str | None = None  # weights.pt (nas.slim) or checkpoint.pt (nas.train); none: fresh initialisation
-    format: str = "onnx"  # onnx | coreml | torchscript
+    format: str = "onnx"  # onnx | executorch (.pte, XNNPACK) | coreml | torchscript
     out: str = "exports"  # folder
     num_classes: int = 0  # presets only: 0 keeps the preset's 1000 classes
     input_size: int = 0  # presets only: 0 keeps the preset's 224 px
@@ -108,6 +110,12 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
             export_onnx(model, x, tmp)
             report["max_abs_diff_vs_torch"] = diff = check_onnx(tmp, x, ref)
             report["checked_with"] = "onnxruntime"
+        elif cfg.format == "executorch":
+            tmp = staging / "model.pte"
+            tmp.write_bytes(pte_bytes(model, x))
+            (out_et,) = et_method(tmp, 0).execute([x])  # the file as written, by ExecuTorch's own runtime
+            report["max_abs_diff_vs_torch"] = diff = float((out_et - ref).abs().max())
+            report["checked_with"] = "executorch.runtime (XNNPACK)"
         elif cfg.format == "torchscript":
             tmp = staging / "model.pt"
             with torch.no_grad():

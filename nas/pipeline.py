@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--target-ms", type=float, required=True, help="latency target in ms (LUT-predicted)")
     p.add_argument("--out", default="runs/pipeline", help="folder for every step's outputs")
     p.add_argument("--init", choices=("scratch", "inherited"), default="scratch", help="how nas.train starts")
-    p.add_argument("--format", choices=("onnx", "coreml", "torchscript"), default="onnx", help="export format")
+    p.add_argument(
+        "--format", choices=("onnx", "executorch", "coreml", "torchscript"), default="onnx", help="export format"
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides routed to the steps that have the key")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     if a.target_ms <= 0:

@@ -1,4 +1,5 @@
-"""Deploy formats of a (fused) network or layer: ONNX and CoreML, the one place each conversion is written.
+"""Deploy formats of a (fused) network or layer: ONNX, CoreML and ExecuTorch (XNNPACK), the one place each
+conversion is written.
 The latency backends time what these produce, `nas.export` ships it, and LUT bundles carry it to a device."""
 
 from __future__ import annotations
@@ -52,3 +53,32 @@ def to_coreml(module: nn.Module, x: torch.Tensor, input_name: str = "x", output_
             convert_to="mlprogram",
             minimum_deployment_target=ct.target.iOS16,
         )
+
+
+EXECUTORCH_MISSING = (
+    "ExecuTorch is not installed: it is an optional extra, pip install -e '.[executorch]' (setup.sh installs it)"
+)
+
+
+def executorch_available() -> bool:
+    try:
+        import executorch.exir  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pte_bytes(module: nn.Module, x: torch.Tensor) -> bytes:
+    """`module` (eval) as an ExecuTorch program (.pte) in memory: `torch.export`, then every subgraph XNNPACK
+    supports delegated to it (`XnnpackPartitioner`, fp32), the rest on ExecuTorch's portable kernels. This is the
+    PyTorch-native way onto an Android or iOS CPU."""
+    if not executorch_available():
+        raise ExportError(EXECUTORCH_MISSING)
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(module.eval(), (x.contiguous(),))
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        return lowered.to_executorch().buffer

@@ -183,7 +183,7 @@ def check_import_against_synthetic_timings(bundle: Path, timings: pd.DataFrame, 
 def test_bundle_refuses_a_backend_it_cannot_carry_and_a_non_empty_folder(tmp_path):
     from nas.config import ConfigError
 
-    with pytest.raises(ConfigError, match="onnxruntime or backend=coreml"):
+    with pytest.raises(ConfigError, match="onnxruntime or backend=coreml or backend=executorch, not backend=torch"):
         build_lut(compose("build_lut", [*SMALL_SPACE, "backend=torch", f"bundle={tmp_path / 'b'}"], BuildLUTConfig))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")

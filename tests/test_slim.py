@@ -711,7 +711,8 @@ def test_remote_verify_flags_are_refused_before_the_search(trained, tmp_path):
     with pytest.raises(ConfigError, match="choose one of --verify"):
         slim(slim_cfg(trained, tmp_path / "o", [start * 0.8], "verify=true", f"bundle={tmp_path / 'b'}"))
     with pytest.raises(
-        ConfigError, match="bundle= is for a LUT measured with onnxruntime or coreml; this LUT was measured with torch"
+        ConfigError,
+        match="bundle= is for a LUT measured with onnxruntime or coreml or executorch; this LUT was measured with to",
     ):
         slim(slim_cfg(trained, tmp_path / "o", [start * 0.8], f"bundle={tmp_path / 'b'}"))
     assert not (tmp_path / "o").exists() and not (tmp_path / "b").exists()

@@ -57,7 +57,7 @@ def write_verify_bundle(
     """A device bundle of every candidate state (whole fused networks) and the LUT's calibration networks."""
     backend = str(table.meta["backend"])
     if backend not in SUFFIX:
-        raise LUTError(f"bundle= is for a LUT measured with onnxruntime or coreml; this LUT's backend is {backend}")
+        raise LUTError(f"bundle= is for a LUT measured with {' or '.join(SUFFIX)}; this LUT's backend is {backend}")
     refs = table.networks()
     if not refs:
         raise LUTError(f"{table.source} holds no calibration networks: a remote verification needs them as references")
