@@ -9,7 +9,9 @@ REPO=$PWD
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
+rm -rf build  # setuptools' staging folder: a stale copy could put deleted modules into the wheel
 .venv/bin/python -m pip wheel --quiet --no-deps --no-build-isolation -w "$WORK/dist" .
+rm -rf build
 WHEEL=$(ls "$WORK"/dist/efficientvit_nas-*.whl)
 .venv/bin/python - "$WHEEL" <<'PY'
 import sys, zipfile

@@ -1,8 +1,14 @@
 """Deploy speed: our fused EfficientViT against timm's EfficientFormer with the same weights, and L1 against
-MobileNetV2, on torch CPU and onnxruntime, batch 1, 224 px.
+MobileNetV2, on torch CPU, onnxruntime and ExecuTorch (XNNPACK), batch 1, 224 px; then the same models across
+runtimes, side by side in one run.
 
     python benchmarks/deploy_speed.py                         # l1, l3 and the quickstart's slimmed arch
     python benchmarks/deploy_speed.py --arch runs/slim/X/target_1ms/arch.yaml --threads 1
+    python benchmarks/deploy_speed.py --backends torch onnxruntime executorch --across-only
+
+Across runtimes: our fused L1 (224 px) and a slimmed `tiny` model (its own 64 px; `--arch`, or the quickstart's
+architecture: depths 0-0-2-1, widths 32-64-96-128, one MB3D) on every backend, all (runtime, model) pairs
+interleaved in the same shuffled rounds, so that a slow period of the host hits every runtime alike.
 
 All models of one backend are timed side by side: after warm-up, every round runs each model `--per-round`
 times in a freshly shuffled order; medians over all rounds are reported with the p25-p75 spread. Ratios are
@@ -55,15 +61,64 @@ def contenders(arch: str | None) -> dict[str, torch.nn.Module]:
     return models
 
 
+QUICKSTART_ARCH = ((32, ()), (64, ()), (96, ("4d", "4d")), (128, ("3d",)))  # README's quickstart result
+
+
+def slimmed_tiny(arch: str | None):
+    """The slimmed `tiny` model at its own input size: `--arch`, or the quickstart's architecture."""
+    from nas.config import compose
+    from nas.training.supernet_run import TrainSupernetConfig
+    from supernet.arch import StageSpec
+
+    if arch:
+        return resolve_arch(arch)
+    space = compose("train_supernet", [], TrainSupernetConfig).space
+    stages = tuple(StageSpec(w, b) for w, b in QUICKSTART_ARCH)
+    return space.max_spec(10).replace(stages=stages).validate()
+
+
+def across_runtimes(a: argparse.Namespace, arch: str | None) -> None:
+    torch.manual_seed(0)
+    spec = slimmed_tiny(arch)
+    models = {"ours l1 (fused)": (build_model(PRESETS["l1"]).eval().fuse(), 224)}
+    models["slimmed tiny (fused)"] = (build_model(spec).eval().fuse(), spec.input_size)
+    backends = {}
+    for name in a.backends:
+        backends[name] = make_backend(name, a.threads)
+        backends[name].setup()
+    pairs = [(b, m) for m in models for b in backends]
+
+    def prepare(pair):
+        b, m = pair
+        module, size = models[m]
+        return backends[b].prepare(module, torch.randn(1, 3, size, size))
+
+    cfg = MeasureConfig(warmup=5, rounds=a.rounds * 2, runs_per_round=a.per_round)
+    stats = measure_interleaved(pairs, prepare, make_backend("torch", a.threads), cfg, random.Random(1))
+    print(f"\n[across runtimes, one interleaved run: {', '.join(backends)}; {a.threads} thread(s), batch 1]")
+    print(f"slimmed tiny: {spec.describe()} at {spec.input_size} px")
+    print(f"{'model':<24}{'runtime':<14}{'median ms':>11}{'p25-p75 ms':>16}{'/ torch':>9}")
+    by = {pair: st for pair, st in zip(pairs, stats)}
+    for m in models:
+        for b in backends:
+            st = by[(b, m)]
+            rel = st["ms"] / by[("torch", m)]["ms"] if "torch" in backends else float("nan")
+            print(f"{m:<24}{b:<14}{st['ms']:>11.3f}{st['p25_ms']:>8.3f}-{st['p75_ms']:<7.3f}{rel:>9.3f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="runs/pipeline/slim/target_1ms/arch.yaml", help="a slimmed arch YAML ('' to skip)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--per-round", type=int, default=3)
-    p.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
+    p.add_argument("--backends", nargs="+", default=["torch", "onnxruntime", "executorch"])
+    p.add_argument("--across-only", action="store_true", help="only the across-runtimes comparison")
     a = p.parse_args()
     arch = a.arch if a.arch and Path(a.arch).is_file() else None
+    if a.across_only:
+        across_runtimes(a, arch)
+        return
     models = contenders(arch)
     x = torch.randn(1, 3, 224, 224)
     cfg = MeasureConfig(warmup=3, rounds=a.rounds, runs_per_round=a.per_round)
@@ -93,6 +148,7 @@ def main() -> None:
                 f"timm {med['timm efficientformer_l1'] / med[f'timm {mb}']:.3f}"
             )
     print("\n(the paper reports L1 at 1.6 ms on an iPhone 12 with CoreML, as fast as MobileNetV2x1.4: ratio 1.0)")
+    across_runtimes(a, arch)
 
 
 if __name__ == "__main__":
