@@ -11,8 +11,9 @@ architecture: depths 0-0-2-1, widths 32-64-96-128, one MB3D) on every backend, a
 interleaved in the same shuffled rounds, so that a slow period of the host hits every runtime alike.
 
 All models of one backend are timed side by side: after warm-up, every round runs each model `--per-round`
-times in a freshly shuffled order; medians over all rounds are reported with the p25-p75 spread. Ratios are
-taken within one backend. The slimmed arch is rebuilt at 224 px (its attention bias follows the 7x7 grid); when
+times in a freshly shuffled order; each model's 25th percentile over all rounds (the project's statistic,
+MeasureConfig.percentile) is reported with its p25-p75 spread. Ratios are taken within one backend. The slimmed
+arch is rebuilt at 224 px (its attention bias follows the 7x7 grid); when
 timm cannot express it (the `tiny` space's attention is narrower than timm's fixed 32x8), ours is compared
 with our own unfused model instead.
 """
@@ -97,7 +98,7 @@ def across_runtimes(a: argparse.Namespace, arch: str | None) -> None:
     stats = measure_interleaved(pairs, prepare, make_backend("torch", a.threads), cfg, random.Random(1))
     print(f"\n[across runtimes, one interleaved run: {', '.join(backends)}; {a.threads} thread(s), batch 1]")
     print(f"slimmed tiny: {spec.describe()} at {spec.input_size} px")
-    print(f"{'model':<24}{'runtime':<14}{'median ms':>11}{'p25-p75 ms':>16}{'/ torch':>9}")
+    print(f"{'model':<24}{'runtime':<14}{'p25 ms':>11}{'p25-p75 ms':>16}{'/ torch':>9}")
     by = {pair: st for pair, st in zip(pairs, stats)}
     for m in models:
         for b in backends:
@@ -133,7 +134,7 @@ def main() -> None:
         stats = measure_interleaved(names, lambda n, b=backend: b.prepare(models[n], x), backend, cfg, random.Random(0))
         med = {n: s["ms"] for n, s in zip(names, stats)}
         print(f"\n[{backend_name}]")
-        print(f"{'model':<32}{'median ms':>11}{'p25-p75 ms':>18}")
+        print(f"{'model':<32}{'p25 ms':>11}{'p25-p75 ms':>18}")
         for n, st in zip(names, stats):
             spread = f"{st['p25_ms']:.2f}-{st['p75_ms']:.2f}"
             print(f"{n:<32}{st['ms']:>11.2f}{spread:>18}")
