@@ -54,7 +54,7 @@ def test_mixup_feeds_a_convex_pair_and_scores_mixed_targets(tmp_path):
     assert 0 < lam < 1 and torch.allclose(xin, lam * x + (1 - lam) * xf, atol=1e-5)
     target = lam * F.one_hot(y, 10) + (1 - lam) * F.one_hot(y.flip(0), 10)
     assert loss.item() == pytest.approx(soft_ce(logits, target).item(), rel=1e-5)
-    plain, xin0, _ = fed_to_model(trainer(tmp_path / "off"), x, y)
+    _, xin0, _ = fed_to_model(trainer(tmp_path / "off"), x, y)
     assert torch.equal(xin0, x)  # without mixup the batch goes in as it is
 
 
@@ -100,6 +100,12 @@ def test_randaugment_is_torchvisions_on_the_training_split_only():
     assert differs >= 4  # the option changes what the model sees
 
 
+def grad_norm(tr: Trainer) -> float:
+    """The total gradient norm over the parameters the trainer clips."""
+    grads = [p.grad for _, p in tr.weight_params() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+
+
 def test_gradient_clipping_bounds_the_norm_the_optimizer_steps_with(tmp_path):
     # the trainer's own epoch loop, with clipping on: every step's gradient norm is at most the bound
     tr = trainer(tmp_path, clip_grad=0.01)
@@ -107,8 +113,7 @@ def test_gradient_clipping_bounds_the_norm_the_optimizer_steps_with(tmp_path):
     step = tr.optimizer.step
 
     def recording_step(*a, **k):
-        grads = [p.grad for _, p in tr.weight_params() if p.grad is not None]
-        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        norms.append(grad_norm(tr))
         return step(*a, **k)
 
     tr.optimizer.step = recording_step
@@ -119,8 +124,7 @@ def test_gradient_clipping_bounds_the_norm_the_optimizer_steps_with(tmp_path):
     x, y = batch(unclipped)
     loss, _ = unclipped.loss(x, y)
     loss.backward()
-    grads = [p.grad for _, p in unclipped.weight_params() if p.grad is not None]
-    assert float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) > 0.1
+    assert grad_norm(unclipped) > 0.1
 
 
 def test_hard_distillation_loss_is_deits_from_both_heads_and_the_teacher(tmp_path):
