@@ -20,9 +20,19 @@ log = logging.getLogger(__name__)
 
 
 def route(overrides: list[str], schema: type) -> list[str]:
-    """The overrides whose top-level key belongs to `schema` (group selections like `data=digits` included)."""
+    """The overrides whose key belongs to `schema` (group selections like `data=digits` included). A dotted key
+    goes only where its top-level field is a config group: `supernet.hard=true` reaches train_supernet, whose
+    `supernet` is a group, and not slim, whose `supernet` is a path."""
+    import typing
+
+    hints = typing.get_type_hints(schema)
     keys = {f.name for f in dataclasses.fields(schema)}
-    return [o for o in overrides if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in keys]
+
+    def belongs(o: str) -> bool:
+        top, dot, _ = o.lstrip("+~").split("=", 1)[0].partition(".")
+        return top in keys and (not dot or dataclasses.is_dataclass(hints.get(top)))
+
+    return [o for o in overrides if belongs(o)]
 
 
 def input_stamp(**inputs: Any) -> dict[str, str]:

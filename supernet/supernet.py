@@ -229,10 +229,12 @@ class SuperNet(EfficientViT):
 
     @torch.no_grad()
     def extract(self, choices: Choices, widths: tuple[int, ...] | None = None) -> EfficientViT:
-        """`build_model(spec_of(choices, widths))` with the supernet's weights copied in (inherited weights).
+        """`build_model(spec_of(choices, widths))` with the supernet's weights copied in (inherited weights), on the
+        supernet's device.
         Narrower widths keep each stage's most important channels (criterion in `supernet/slicing.py`)."""
         spec = self.spec_of(choices, widths)
-        sub = EfficientViT(spec)
+        with torch.device(self.head.weight.device):  # built where the supernet lives (nas.slim device=)
+            sub = EfficientViT(spec)
         active = [
             [getattr(path, "mb" + c) for path, c in zip(stage.paths, codes) if c != "id"]
             for stage, codes in zip(self.stages, choices)

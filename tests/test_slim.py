@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from latency_lut.table import LatencyTable, LUTError
@@ -17,9 +18,10 @@ from nas.build_lut import run as build_lut
 from nas.checkpoint import CheckpointError
 from nas.config import ConfigError, compose
 from nas.data import DataConfig, build_datasets
-from nas.search.evaluator import Score, evaluate
-from nas.search.loading import load_supernet, load_weights
+from nas.search.evaluator import Score, cached_batches, evaluate, recalibrate_bn
+from nas.search.loading import load_supernet, load_weights, supernet_data_config
 from nas.search.slimmer import METHODS, Slimmer, drop_path_candidates, narrow_stage_candidates, remove_first_mb3d
+from nas.search.slimming import SearchStack
 from nas.search.state import SlimState, Step, UnreachableTarget
 from nas.slim import run as slim
 from supernet import build_model
@@ -716,3 +718,71 @@ def test_remote_verify_flags_are_refused_before_the_search(trained, tmp_path):
     ):
         slim(slim_cfg(trained, tmp_path / "o", [start * 0.8], f"bundle={tmp_path / 'b'}"))
     assert not (tmp_path / "o").exists() and not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------------------------------- device
+def reference_evaluator(net, val, bn):
+    """The scoring written out by hand as it ran before `device=` existed: the sub-network extracted on the CPU,
+    BN re-estimated, and each batch's summed loss and hits read back as Python numbers."""
+
+    def score(state):
+        sub = net.extract(state.choices, state.widths)
+        recalibrate_bn(sub, bn)
+        loss, hits, total = 0.0, 0, 0
+        with torch.no_grad():
+            for x, y in val:
+                logits = sub(x)
+                loss += F.cross_entropy(logits, y, reduction="sum").item()
+                hits += (logits.argmax(-1) == y).sum().item()
+                total += len(y)
+        return Score(loss / total, hits / total)
+
+    return score
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_slim_on_the_cpu_takes_the_reference_trajectory(trained, tmp_path, device):
+    """`device=cpu` (and `auto` on a machine without CUDA) chooses exactly what the hand-written scoring does:
+    the same actions, latencies and losses, to the last bit."""
+    if device == "auto" and torch.cuda.is_available():
+        pytest.skip("auto means the GPU here (test_slim_on_cuda_follows_the_cpu_trajectory)")
+    sn, _, start_ms = trained
+    targets = [round(start_ms * 0.8, 4), round(start_ms * 0.55, 4)]
+    out = slim(slim_cfg(trained, tmp_path / "out", targets, f"device={device}"))
+    got = pd.read_csv(out / "trajectory.csv")
+    net, ckpt = load_supernet(Path(sn))
+    val, bn = cached_batches(supernet_data_config(ckpt), 150, 2, 64, seed=0)
+    stack = SearchStack(net, LatencyTable.load(trained[1]))
+    ref = stack.slimmer(reference_evaluator(net, val, bn), "default").run(stack.start, targets)
+    assert len(got) == len(ref) > 3
+    assert got["action"].tolist() == [s.action for s in ref] and got["where"].fillna("").tolist() == [
+        s.where for s in ref
+    ]
+    assert got["val_loss"].tolist() == [s.val_loss for s in ref]
+    assert got["predicted_ms"].tolist() == pytest.approx([s.latency_ms for s in ref], abs=1e-9)
+
+
+def test_slim_device_that_is_not_there_is_one_line(trained, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match=r"device='cuda': no CUDA device is available on this machine"):
+        slim(slim_cfg(trained, tmp_path / "o", [1.0], "device=cuda"))
+    with pytest.raises(ConfigError, match=r"device='tpu'"):
+        slim(slim_cfg(trained, tmp_path / "o", [1.0], "device=tpu"))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.gpu
+def test_slim_on_cuda_follows_the_cpu_trajectory(trained, tmp_path):
+    """On a GPU the same search makes the same choices; losses agree to float noise (cuDNN, TF32)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    start_ms = trained[2]
+    targets = [round(start_ms * 0.8, 4), round(start_ms * 0.55, 4)]
+    cpu = pd.read_csv(slim(slim_cfg(trained, tmp_path / "cpu", targets, "device=cpu")) / "trajectory.csv")
+    gpu = pd.read_csv(slim(slim_cfg(trained, tmp_path / "gpu", targets, "device=cuda")) / "trajectory.csv")
+    assert gpu["action"].tolist() == cpu["action"].tolist() and gpu["where"].tolist() == cpu["where"].tolist()
+    assert gpu["val_loss"].tolist() == pytest.approx(cpu["val_loss"].tolist(), rel=2e-3)
+    for t in targets:  # the emitted weights are saved on the CPU, loadable anywhere
+        _, model = load_weights(tmp_path / "gpu" / f"target_{t:g}ms" / "weights.pt")
+        assert next(model.parameters()).device.type == "cpu"

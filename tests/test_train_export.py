@@ -183,6 +183,20 @@ def test_pipeline_chains_every_step(tmp_path):
     assert Path(tmp_path / "pipeline.json").is_file()
 
 
+def test_pipeline_routes_a_group_key_only_to_the_steps_where_it_is_a_group():
+    """`supernet.hard=true` reaches train_supernet (`supernet` is its config group) and not slim, whose `supernet`
+    is the checkpoint's path; a plain key reaches every step that has it."""
+    from nas.search.slimming import SlimConfig
+    from nas.training.model import TrainModelConfig
+    from nas.training.supernet_run import TrainSupernetConfig
+    from nas.workflow import route
+
+    given = ["supernet.hard=true", "train.seed=1", "data=digits", "val_images=80", "+space.unknown=1"]
+    assert route(given, TrainSupernetConfig) == [*given[:3], "+space.unknown=1"]
+    assert route(given, SlimConfig) == ["val_images=80"]
+    assert route(given, TrainModelConfig) == ["train.seed=1", "data=digits"]
+
+
 @pytest.mark.slow
 def test_train_two_process_ddp(slimmed, tmp_path):
     r = torchrun("nas.train", [f"arch={slimmed / 'arch.yaml'}", *DATA, "train.epochs=1", f"out={tmp_path}"], port=29534)

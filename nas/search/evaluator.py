@@ -28,10 +28,14 @@ class Score:
 
 class SubnetEvaluator:
     """The `Score` of a search state: extract the sliced sub-network, re-estimate BN statistics on cached
-    training batches, then evaluate on cached held-out validation batches."""
+    training batches, then evaluate on cached held-out validation batches. Everything runs on the supernet's
+    device: the cached batches are moved there once."""
 
     def __init__(self, net: SuperNet, val: Batches, bn: list[torch.Tensor]):
-        self.net, self.val, self.bn = net, val, bn
+        device = net.head.weight.device
+        self.net = net
+        self.val = [(x.to(device), y.to(device)) for x, y in val]
+        self.bn = [x.to(device) for x in bn]
 
     @torch.no_grad()
     def model(self, state: SlimState) -> EfficientViT:
@@ -62,14 +66,15 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
 def evaluate(model: nn.Module, batches: Batches) -> Score:
     """Mean cross-entropy and top-1 accuracy of `model` over `batches`."""
     model.eval()
-    correct = total = 0
-    loss = 0.0
+    total = sum(len(y) for _, y in batches)
+    # summed on the device and read once (a GPU is not made to wait per batch); float64, as the Python floats were
+    loss = torch.zeros((), dtype=torch.float64, device=batches[0][0].device) if batches else torch.zeros(())
+    correct = torch.zeros((), dtype=torch.int64, device=loss.device)
     for x, y in batches:
         logits = model(x)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
-        total += len(y)
-    return Score(loss / max(total, 1), correct / max(total, 1))
+        loss += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(-1) == y).sum()
+    return Score(loss.item() / max(total, 1), correct.item() / max(total, 1))
 
 
 def cached_batches(

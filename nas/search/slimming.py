@@ -33,6 +33,7 @@ from nas.search.state import SlimState, Step, first_at_or_below
 from nas.search.targets import check_reachable, emitted, validate_targets
 from nas.search.verify import Verified, verify_backend, verify_targets
 from supernet.arch import ArchSpec
+from supernet.devices import resolve_device
 from supernet.errors import ConfigError, UserError
 from supernet.files import atomic_write_text
 from supernet.supernet import SuperNet
@@ -53,6 +54,7 @@ class SlimConfig:
     mb3d_action: str = "identity"  # what "remove the first MB3D" does: identity (drop it) or mb4d (replace it)
     method: str = "default"  # default | paper: the rule set (nas.search.slimmer.METHODS)
     threads: int = 2
+    device: str = "auto"  # where candidates are scored: auto (a GPU when CUDA is available, else cpu), cpu, cuda[:N]
     seed: int = 0
     overwrite: bool = False  # allow writing into an --out that already holds slimming results
     verify: bool = False  # measure each emitted architecture; emit the next state measuring <= target if it is over
@@ -198,7 +200,7 @@ def write_outputs(
             spec = net.spec_of(step.state.choices, step.state.widths)
             meta = emitted_meta(step, spec, t, table, ctx["sn_path"], measured)
             meta.update(method=cfg.method, refill=list(e.moves))
-            write_target(staging / target_dirname(t), step, spec, evaluator.model(step.state), meta)
+            write_target(staging / target_dirname(t), step, spec, evaluator.model(step.state).cpu(), meta)
             rows.append(
                 {
                     "target": t,
@@ -254,7 +256,9 @@ def slim(cfg: SlimConfig, supernet: str | Path, lut: str | Path) -> SlimResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     sn_path, lut_path = Path(supernet), Path(lut)
+    device = resolve_device(cfg.device, "device")
     net, ckpt = load_supernet(sn_path)
+    net.to(device)
     table = LatencyTable.load(lut_path)
     check_lut_covers(table, net, cfg.width_step)
     if cfg.bundle and table.meta["backend"] not in SUFFIX:  # refused before the search, not after it
@@ -262,7 +266,7 @@ def slim(cfg: SlimConfig, supernet: str | Path, lut: str | Path) -> SlimResult:
             f"bundle= is for a LUT measured with {' or '.join(SUFFIX)}; this LUT was measured with "
             f"{table.meta['backend']} (use --verify where it runs)"
         )
-    log.info("supernet %s (space %s), LUT %s (%s)", sn_path, net.space.name, lut_path, table.describe())
+    log.info("supernet %s (space %s) on %s, LUT %s (%s)", sn_path, net.space.name, device, lut_path, table.describe())
     log.info("LUT: %s", table.steadiness())
     check_reachable(net, table, targets, cfg.width_step)
     out = output_dir(cfg)

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from nas.checkpoint import TRAIN_KIND, load_checkpoint, save_atomic
 from nas.data import Splits
+from supernet.devices import resolve_device
 from supernet.errors import UserError
 from supernet.files import atomic_write_text
 
@@ -105,21 +106,6 @@ def distributed_session() -> Iterator[DistInfo]:
             dist.destroy_process_group()
 
 
-def resolve_device(name: str, dist_info: DistInfo) -> torch.device:
-    """`train.device`: "auto" picks this rank's GPU (LOCAL_RANK under torchrun) when CUDA is available."""
-    if name == "auto":
-        name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrainingError(f"train.device={name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"train.device={name!r}: no CUDA device is available on this machine")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return device
-
-
 def checkpoint_to_resume(resume: str, ckpt_name: str) -> Path:
     """`resume=` names a run folder or its checkpoint file; the checkpoint file, which must exist."""
     from nas.checkpoint import CheckpointError
@@ -180,7 +166,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed + self.dist.rank)
         np.random.seed(cfg.seed + self.dist.rank)
-        self.device = resolve_device(cfg.device, self.dist)
+        self.device = resolve_device(cfg.device, "train.device", TrainingError)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.model.to(self.device)
