@@ -41,6 +41,19 @@ class TrainingError(UserError):
     """Training cannot go on (a NaN/inf loss, a bad teacher, ...)."""
 
 
+AMP = ("auto", "bf16", "off")
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """`train.amp` on `device`: bf16 autocast, or None for fp32. `auto` is bf16 on CUDA (timm's --amp habit) and off
+    on the CPU (benchmarks/README.md section 5 has the measurement)."""
+    if amp not in AMP:
+        raise TrainingError(f"train.amp={amp!r}; choose one of {', '.join(AMP)}")
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return torch.bfloat16 if amp == "bf16" else None
+
+
 @dataclass
 class DistillConfig:
     teacher: str | None = None  # a timm model name, e.g. regnety_160 (what the paper used on ImageNet)
@@ -69,6 +82,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2  # torch intra-op threads; 0 keeps torch's default
     device: str = "auto"  # auto: this rank's CUDA device when there is one, else cpu; or cpu / cuda / cuda:N
+    amp: str = "auto"  # bf16 autocast: auto (on CUDA; off on the CPU, where it was not measured to help), bf16, off
+    channels_last: bool = False  # NHWC memory format for the model and its inputs (what GPUs' convolutions prefer)
     eval_batch_size: int = 256
     stop_after_epochs: int = 0  # >0: stop this invocation after N epochs (to interrupt a run; resume= continues)
 
@@ -169,7 +184,9 @@ class Trainer:
         self.device = resolve_device(cfg.device, "train.device", TrainingError)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.model.to(self.device)
+        self.autocast = autocast_dtype(cfg.amp, self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model.to(self.device, memory_format=self.memory_format)
         self.train_loader = self._train_loader()
         self.val_loader = DataLoader(splits.val, batch_size=cfg.eval_batch_size, shuffle=False)
         self.steps_per_epoch = len(self.train_loader)
@@ -301,6 +318,15 @@ class Trainer:
         pass
 
     # ---------------------------------------------------------------------------------- training
+    def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        return x, y.to(self.device, non_blocking=True)
+
+    def autocast_context(self):
+        """torch's autocast in `train.amp`'s dtype (a no-op when it is off); the loss itself runs in fp32."""
+        enabled = self.autocast is not None
+        return torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=enabled)
+
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits for train accuracy)."""
         target = y
@@ -335,8 +361,9 @@ class Trainer:
             dynamic_ncols=True,
         )
         for step, (x, y) in enumerate(bar):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            loss, logits = self.loss(x, y)
+            x, y = self.to_device(x, y)
+            with self.autocast_context():
+                loss, logits = self.loss(x, y)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped. The last good "
@@ -363,8 +390,9 @@ class Trainer:
         model.eval()
         correct, total = 0, 0
         for x, y in loader:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            correct += (model(x).argmax(-1) == y).sum().item()
+            x, y = self.to_device(x, y)
+            with self.autocast_context():
+                correct += (model(x).argmax(-1) == y).sum().item()
             total += len(y)
         model.train(was_training)
         return correct / max(total, 1)
