@@ -412,6 +412,29 @@ def test_build_and_validate_a_cuda_lut(tmp_path):
     assert len(df) == 6 and (df["measured_ms"] > 0).all()
 
 
+@pytest.mark.gpu
+def test_the_cuda_backend_replays_a_captured_graph_that_computes_the_eager_output(tiny_spec):
+    import torch
+
+    from latency_lut.backends import CudaBackend
+    from supernet import build_model
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model = build_model(tiny_spec).eval()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        eager = model(x)
+    backend = CudaBackend()
+    backend.setup()
+    runner = backend.prepare(model, x)
+    out = runner()
+    torch.cuda.synchronize()
+    assert torch.allclose(out.cpu(), eager, atol=1e-3, rtol=1e-3)
+    times = backend.time(runner, 20)
+    assert len(times) == 20 and min(times) > 0
+
+
 def test_passes_combine_fastest_for_networks_and_median_for_rows():
     from latency_lut.measure import combine_passes
 
