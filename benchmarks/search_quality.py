@@ -128,10 +128,10 @@ def arch_name(spec_json: str) -> str:
     return "arch-" + hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
 
 
-def train_one(arch: Path, out: Path, seed: int, data: str) -> tuple[float, float]:
+def train_one(arch: Path, out: Path, seed: int, data: str, recipe: list[str] = BUDGET) -> tuple[float, float]:
     """Test top-1 and training wall time of one from-scratch run, reused from `out` when it is there and was
     trained with the same data and recipe (its config.yaml); otherwise (re)trained, replacing it."""
-    over = [f"arch={arch}", f"out={out}", "init=scratch", f"train.seed={seed}", f"data={data}", *BUDGET]
+    over = [f"arch={arch}", f"out={out}", "init=scratch", f"train.seed={seed}", f"data={data}", *recipe]
     cfg = compose("train", over, TrainModelConfig)
     cfg.data.input_size = ArchSpec.load(arch).input_size  # as nas.train does: the arch's input size wins
     if not (out / "metrics.json").is_file() or not same_recipe(out / "config.yaml", cfg):

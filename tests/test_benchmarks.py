@@ -1,5 +1,6 @@
 """Helpers of the benchmark scripts whose mistakes would silently change a reported figure."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -33,3 +34,50 @@ def test_a_kept_run_is_reused_only_with_the_same_recipe(tmp_path):
     other_data = compose("train", [*over, "data.train_limit=20000"], TrainModelConfig)
     assert not search_quality.same_recipe(stored, longer)
     assert not search_quality.same_recipe(stored, other_data)
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_script_runs_every_step_at_cpu_scale(tmp_path):
+    """benchmarks/l7_gpu.py --small: the same six steps as on a GPU, each with its wall time; the winner's export
+    matches torch. (On a GPU the script is run by hand: a GPU is lent only sometimes.)"""
+    import l7_gpu
+
+    rows = l7_gpu.main(["--small", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "l7_gpu.txt")])
+    assert [r["step"] for r in rows] == ["data", "train_supernet", "build_lut", "slim", "train", "export"]
+    assert all(r["wall_s"] >= 0 for r in rows) and "per evaluation on cpu" in rows[3]["note"]
+    diff = float(rows[5]["note"].split("torch ")[1])
+    assert diff < 1e-4
+    text = (tmp_path / "l7_gpu.txt").read_text()
+    assert "space tiny, 64 px, device cpu" in text and len(text.splitlines()) == 7
+
+
+@pytest.mark.slow
+def test_peers_compares_searched_and_zoo_models_at_equal_measured_latency(trained, tmp_path):
+    """benchmarks/peers.py --quick on the test supernet and its torch LUT: every model timed, ours found at each
+    target, a zoo model's learning rate chosen on held-out images, and each target's best-at-or-under pairing
+    checked against the CSV by hand."""
+    import peers
+
+    sn, lut, _ = trained
+    prefix = tmp_path / "peers"
+    df = peers.main(
+        ["--quick", "--supernet", str(sn), "--lut", f"torch={lut}", "--runtimes", "torch", "--work",
+         str(tmp_path / "work"), "--out", str(prefix), "--zoo", "lcnet_050", "mobilenetv3_small_050"]
+    )  # fmt: skip
+    assert set(df["family"]) == {"ours", "LCNet", "MobileNetV3"} and (df["torch_ms"] > 0).all()
+    assert {"same", "best of sweep"} == set(df.loc[df["family"] != "ours", "recipe"])
+    for name in ("lcnet_050", "mobilenetv3_small_050"):  # best of sweep = the best held-out top-1, not test
+        runs = tmp_path / "work" / "zoo" / name
+        val = {f: json.loads((runs / f"lr{f:g}" / "seed0" / "metrics.json").read_text())["val_top1"] for f in (0.5, 1)}
+        chosen = df[(df["model"] == name) & (df["recipe"] == "best of sweep")]["lr_factor"].iloc[0]
+        assert chosen == max(val, key=val.get)
+    text = (prefix.with_suffix(".txt")).read_text()
+    best = df.groupby("model").agg(acc=("test_top1", "max"), ms=("torch_ms", "first"), fam=("family", "first"))
+    for line in [x for x in text.splitlines() if x.strip().startswith("L=")]:
+        t = float(line.split("L=")[1].split(" ms")[0])
+        under = best[best["ms"] <= t]
+        zoo = under[under["fam"] != "ours"]
+        assert ("zoo none at or under L" in line) == zoo.empty
+        if not zoo.empty:
+            assert f"zoo {zoo['acc'].idxmax()} " in line
+    assert prefix.with_suffix(".png").stat().st_size > 1000

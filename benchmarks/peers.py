@@ -1,0 +1,410 @@
+"""The paper's Figure 1 for this device and data: the search's models against what a user would take from timm's
+zoo instead, at equal measured latency, on each runtime (issue #24).
+
+    python benchmarks/peers.py                                   # quickstart supernet, fashion_mnist, ort + torch
+    python benchmarks/peers.py --runtimes onnxruntime torch executorch --seeds 0 1 2
+    python benchmarks/peers.py --quick                           # smoke scale: digits, 3 zoo models, 1 seed
+
+Stages (runs are kept under --work and reused for the same model, data and recipe; delete it to start afresh):
+1. Timing. Every zoo model (timm, random weights, the data's classes and input size, re-parameterised with
+   timm's `reparameterize_model` where it has a deploy form) and our searched models (fused) are timed on each
+   runtime with the project's whole-network method: all models of one runtime interleaved in shuffled rounds,
+   the 25th percentile, --passes passes, each model's fastest pass (latency_lut.measure).
+2. Search. Per runtime, a LUT of that runtime (--lut RUNTIME=PATH, else built into --work with the project's
+   defaults) and one slimming trajectory of the supernet to --targets targets spread over the zoo's latencies on
+   that runtime (evenly in log-latency between the fastest zoo model and the slowest under our start). Our
+   models for that runtime are its emitted architectures.
+3. Training, the same recipe for everyone (--recipe: a shortened tiny_cpu recipe on --data), --seeds seeds:
+   - ours at the recipe's learning rate (the one chosen for our models);
+   - each zoo model at the same learning rate ("same recipe"), and a sweep of --lr-factors x that rate at the
+     first seed; the rate with the best *held-out* top-1 (the validation split carved from the training data,
+     never the test split) is trained at every seed ("best of sweep").
+   A zoo model's figure is the better of its same-recipe and best-of-sweep mean test top-1 (both are reported).
+4. Report, per runtime and target latency L: our best model measuring at or under L against the best zoo model
+   measuring at or under L (mean ± SE over seeds), and `peers.png`: test top-1 against measured latency, one
+   panel per runtime, with the Pareto front of each family.
+Written to benchmarks/results/peers.{csv,txt,png} (another prefix: --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import search_quality  # noqa: E402
+
+from latency_lut.backends import make_backend  # noqa: E402
+from latency_lut.measure import MeasureConfig, combine_passes, measure_interleaved  # noqa: E402
+from latency_lut.table import LatencyTable  # noqa: E402
+from nas.config import compose, setup_logging, to_yaml  # noqa: E402
+from nas.train import TrainModelConfig  # noqa: E402
+from supernet import build_model  # noqa: E402
+from supernet.arch import ArchSpec  # noqa: E402
+from supernet.files import atomic_write_text  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ZOO = [
+    "mobilenetv3_small_050",
+    "mobilenetv3_small_075",
+    "mobilenetv3_small_100",
+    "mobilenetv2_035",
+    "mobilenetv2_050",
+    "mobilenetv2_075",
+    "lcnet_050",
+    "lcnet_075",
+    "lcnet_100",
+    "mobilenetv4_conv_small_050",
+    "mobilenetv4_conv_small",
+    "tinynet_d",
+    "tinynet_e",
+    "mnasnet_small",
+    "semnasnet_050",
+    "efficientvit_m0",
+    "efficientformerv2_s0",
+    "mobilevitv2_050",
+    "ghostnet_050",
+    "repvit_m0_9",
+]
+FAMILIES = [  # name prefix -> family drawn with one Pareto front
+    ("mobilenetv3", "MobileNetV3"),
+    ("mobilenetv2", "MobileNetV2"),
+    ("mobilenetv4", "MobileNetV4"),
+    ("lcnet", "LCNet"),
+    ("tinynet", "TinyNet"),
+    ("mnasnet", "MnasNet"),
+    ("semnasnet", "MnasNet"),
+    ("efficientvit", "EfficientViT (MSRA)"),
+    ("efficientformerv2", "EfficientFormerV2"),
+    ("mobilevitv2", "MobileViTv2"),
+    ("ghostnet", "GhostNet"),
+    ("repvit", "RepViT"),
+]
+RECIPE = ["data.train_limit=10000", "data.val_size=1000", "train.epochs=2", "train.warmup_epochs=0.2"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--supernet", default="runs/pipeline/supernet/supernet.pt")
+    p.add_argument("--lut", action="append", default=[], help="RUNTIME=PATH, a LUT of that runtime (repeatable)")
+    p.add_argument("--runtimes", nargs="+", default=["onnxruntime", "torch"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--zoo", nargs="+", default=ZOO)
+    p.add_argument("--targets", type=int, default=4, help="target latencies per runtime")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--lr-factors", nargs="+", type=float, default=[0.5, 1.0, 2.0], help="x the recipe's lr_base")
+    p.add_argument("--recipe", nargs="*", default=RECIPE, help="overrides shared by every training run")
+    p.add_argument("--data", default="fashion_mnist")
+    p.add_argument("--passes", type=int, default=2, help="timing passes per runtime (each model's fastest kept)")
+    p.add_argument("--val-images", type=int, default=500, help="slimming's scoring images")
+    p.add_argument("--work", default="runs/bench/peers")
+    p.add_argument("--out", default=str(RESULTS / "peers"), help="prefix of the .csv/.txt/.png written")
+    p.add_argument("--quick", action="store_true", help="smoke scale: digits, 3 zoo models, 1 seed, 2 targets")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.data, a.seeds, a.targets, a.passes = "digits", [0], 2, 1
+        a.zoo = ZOO[:1] + ["lcnet_050", "mobilenetv2_035"] if a.zoo == ZOO else a.zoo
+        a.lr_factors, a.val_images = [0.5, 1.0], 100
+        a.recipe = ["data.val_size=200", "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=64"]
+    bad = [r for r in a.runtimes if r not in ("onnxruntime", "torch", "executorch")]
+    if bad:
+        p.error(f"--runtimes: {bad} unknown; choose from onnxruntime, torch, executorch")
+    a.luts = dict(x.split("=", 1) for x in a.lut)
+    return a
+
+
+def family(name: str) -> str:
+    return next((f for prefix, f in FAMILIES if name.startswith(prefix)), name)
+
+
+def zoo_model(name: str, num_classes: int, size: int) -> torch.nn.Module:
+    """A timm model for this data: random weights (no hub here), the data's classes and, where the model has a
+    fixed-resolution part (attention biases), its input size."""
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=size)
+    except TypeError:  # no img_size argument: the model is resolution-free
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+
+def deploy_form(model: torch.nn.Module) -> torch.nn.Module:
+    from timm.utils.model import reparameterize_model
+
+    return reparameterize_model(model.eval())
+
+
+def recipe_cfg(a: argparse.Namespace, seed: int, lr_factor: float, out: Path, arch: str = "l1") -> TrainModelConfig:
+    base = compose("train", ["arch=l1", f"data={a.data}", *a.recipe], TrainModelConfig).train.lr_base
+    over = [f"arch={arch}", f"out={out}", f"data={a.data}", f"train.seed={seed}", *a.recipe]
+    return compose("train", [*over, f"train.lr_base={base * lr_factor!r}"], TrainModelConfig)
+
+
+def train_zoo(a: argparse.Namespace, name: str, seed: int, lr_factor: float, size: int) -> dict[str, float]:
+    """Test and held-out top-1 of one zoo run with the shared recipe, reused when already trained with it."""
+    from torch.utils.data import DataLoader
+
+    from nas.data import build_datasets
+    from nas.training.trainer import Trainer
+    from supernet.complexity import count_params
+
+    out = Path(a.work) / "zoo" / name / f"lr{lr_factor:g}" / f"seed{seed}"
+    cfg = recipe_cfg(a, seed, lr_factor, out)
+    cfg.data.input_size = size
+    if (out / "metrics.json").is_file() and search_quality.same_recipe(out / "config.yaml", cfg):
+        return json.loads((out / "metrics.json").read_text())
+    splits = build_datasets(cfg.data)
+    torch.manual_seed(seed)
+    model = zoo_model(name, splits.num_classes, size)
+    t0 = time.time()
+    trainer = Trainer(model, splits, cfg.train, out, meta={"zoo": name, "input_size": size})
+    metrics = trainer.fit()
+    test = trainer.evaluate(DataLoader(splits.test, batch_size=cfg.train.eval_batch_size), model)
+    report = {"test_top1": test, "val_top1": metrics[-1]["val_acc"], "params_M": count_params(model) / 1e6}
+    report["train_wall_s"] = round(time.time() - t0, 1)
+    atomic_write_text(out / "config.yaml", to_yaml(cfg))
+    atomic_write_text(out / "metrics.json", json.dumps(report, indent=2))
+    return report
+
+
+def time_models(a: argparse.Namespace, runtime: str, models: dict[str, tuple[torch.nn.Module, int]]) -> dict:
+    """Every model on `runtime`, interleaved in shuffled rounds; per model its fastest pass's 25th percentile."""
+    backend = make_backend(runtime, a.threads)
+    backend.setup()
+    names = list(models)
+    runners = {n: backend.prepare(models[n][0], torch.randn(1, 3, models[n][1], models[n][1])) for n in names}
+    per_pass: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    rng = random.Random(0)
+    for _ in range(a.passes):
+        for n, st in zip(names, measure_interleaved(names, runners.__getitem__, backend, MeasureConfig(), rng)):
+            per_pass[n].append(st)
+    return {n: combine_passes(per_pass[n], whole=True)["ms"] for n in names}
+
+
+def runtime_lut(a: argparse.Namespace, runtime: str, space_name: str) -> Path:
+    """--lut RUNTIME=PATH, else a LUT of the supernet's space built on `runtime` into --work (once)."""
+    if runtime in a.luts:
+        return Path(a.luts[runtime])
+    from nas import api
+
+    path = Path(a.work) / "luts" / f"{runtime}.csv"
+    if not path.is_file():
+        api.build_lut(path, space=space_name, backend=runtime, threads=a.threads)
+    return path
+
+
+def search(a: argparse.Namespace, runtime: str, zoo_ms: dict[str, float]) -> dict[float, ArchSpec]:
+    """One slimming trajectory on `runtime`'s LUT to targets spread over the zoo's latencies there."""
+    from nas import api
+
+    net = api.load_supernet(a.supernet)
+    lut = runtime_lut(a, runtime, net.space.name)
+    table = LatencyTable.load(lut)
+    start = table.predict(net.spec_of(net.derive()))
+    lats = sorted(v for v in zoo_ms.values() if v < start) or [start]
+    lo, hi = min(lats), max(lats)
+    targets = sorted({round(math.exp(x), 4) for x in np.linspace(math.log(lo), math.log(hi), a.targets)}, reverse=True)
+    found = api.slim(a.supernet, lut, targets, Path(a.work) / "slim" / runtime, val_images=a.val_images, bn_batches=2)
+    found_ok = {r["target"]: r["spec"] for r in found.rows}
+    print(f"{runtime}: LUT {lut}, start {start:.3f} ms; targets {targets}", flush=True)
+    return found_ok
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    a = parse_args(argv)
+    setup_logging(logging.WARNING)
+    t0 = time.time()
+    from nas import api
+    from nas.data import build_datasets
+
+    size = api.load_supernet(a.supernet).space.input_size  # ours are searched at it; every model runs at it
+    classes = build_datasets(compose("train", ["arch=l1", f"data={a.data}"], TrainModelConfig).data).num_classes
+    torch.manual_seed(0)
+    zoo = {n: (deploy_form(zoo_model(n, classes, size)), size) for n in a.zoo}
+    rows: list[dict[str, Any]] = []
+    ours: dict[str, dict[float, ArchSpec]] = {}
+    timings: dict[str, dict[str, float]] = {}
+    for runtime in a.runtimes:
+        zoo_ms = time_models(a, runtime, zoo)
+        ours[runtime] = search(a, runtime, zoo_ms)
+        specs = {f"ours {t:g} ms ({runtime} LUT)": s for t, s in ours[runtime].items()}
+        ours_ms = time_models(a, runtime, {n: (build_model(s).eval().fuse(), s.input_size) for n, s in specs.items()})
+        timings[runtime] = {**zoo_ms, **ours_ms}
+    budget = {"timing and search": time.time() - t0}
+    # every model timed on every runtime: ours found on one runtime's LUT are timed on the others too
+    all_ours = {f"ours {t:g} ms ({r} LUT)": s for r, found in ours.items() for t, s in found.items()}
+    for runtime in a.runtimes:
+        missing = {n: s for n, s in all_ours.items() if n not in timings[runtime]}
+        if missing:
+            built = {n: (build_model(s).eval().fuse(), s.input_size) for n, s in missing.items()}
+            timings[runtime].update(time_models(a, runtime, built))
+    t1 = time.time()
+    work = Path(a.work)
+    for name, spec in all_ours.items():
+        spec_json = json.dumps(spec.to_dict())
+        arch_id = search_quality.arch_name(spec_json)
+        path = work / "archs" / f"{arch_id}.yaml"
+        if not path.is_file():
+            spec.save(path)
+        for seed in a.seeds:
+            acc, _ = search_quality.train_one(path, work / "ours" / arch_id / f"seed{seed}", seed, a.data, a.recipe)
+            rows.append(
+                {
+                    "model": name,
+                    "family": "ours",
+                    "recipe": "same",
+                    "lr_factor": 1.0,
+                    "seed": seed,
+                    "test_top1": acc,
+                    "arch": spec.describe(),
+                }
+            )
+    for name in a.zoo:
+        sweep = {f: train_zoo(a, name, a.seeds[0], f, size) for f in a.lr_factors}
+        best = max(sweep, key=lambda f: sweep[f]["val_top1"])
+        for label, factor in (("same", 1.0), ("best of sweep", best)):
+            for seed in a.seeds:
+                m = train_zoo(a, name, seed, factor, size)
+                rows.append(
+                    {
+                        "model": name,
+                        "family": family(name),
+                        "recipe": label,
+                        "lr_factor": factor,
+                        "seed": seed,
+                        "test_top1": m["test_top1"],
+                        "arch": name,
+                    }
+                )
+        print(f"{name}: sweep val top-1 { ({f: round(m['val_top1'], 4) for f, m in sweep.items()}) }", flush=True)
+    budget["training"] = time.time() - t1
+    df = pd.DataFrame(rows)
+    for runtime in a.runtimes:
+        df[f"{runtime}_ms"] = df["model"].map(timings[runtime])
+    prefix = Path(a.out)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(prefix.with_suffix(".csv"), df.to_csv(index=False))
+    text = report(df, a, ours) + "\nbudget: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in budget.items())
+    atomic_write_text(prefix.with_suffix(".txt"), text + "\n")
+    print(text)
+    plot(df, a, prefix.with_suffix(".png"))
+    return df
+
+
+def per_model(df: pd.DataFrame, runtime: str) -> pd.DataFrame:
+    """One row per model: mean, SE over seeds and latency on `runtime`; a zoo model's better recipe."""
+    g = (
+        df.groupby(["model", "recipe"])
+        .agg(
+            mean=("test_top1", "mean"),
+            sd=("test_top1", "std"),
+            n=("test_top1", "size"),
+            ms=(f"{runtime}_ms", "first"),
+            family=("family", "first"),
+            lr=("lr_factor", "first"),
+        )
+        .reset_index()
+    )
+    g["se"] = (g["sd"].fillna(0) / np.sqrt(g["n"])).astype(float)
+    best = g.sort_values("mean", ascending=False).drop_duplicates("model")
+    same = g[g["recipe"] == "same"].set_index("model")["mean"]
+    best["same_recipe"] = best["model"].map(same)
+    return best.reset_index(drop=True)
+
+
+def report(df: pd.DataFrame, a: argparse.Namespace, ours: dict[str, dict[float, ArchSpec]]) -> str:
+    lines = [
+        f"Test top-1 (%) at equal measured latency; data {a.data}, recipe {' '.join(a.recipe)}, seeds {a.seeds}; "
+        f"zoo: the better of same-recipe and best-of-sweep (lr x {a.lr_factors}, chosen on held-out images); "
+        f"{a.threads} thread(s), batch 1; torch {torch.__version__}"
+    ]
+    for runtime in a.runtimes:
+        m = per_model(df, runtime)
+        lines += ["", f"[{runtime}] every model (ms measured on {runtime}):"]
+        for r in m.sort_values("ms").itertuples():
+            extra = f" (same recipe {r.same_recipe * 100:.2f})" if r.family != "ours" else ""
+            lines.append(f"  {r.model:<34}{r.ms:>8.3f} ms  {r.mean * 100:6.2f} ± {r.se * 100:.2f}  lr x{r.lr:g}{extra}")
+        lines.append(f"[{runtime}] at each target L: best at or under L, ours (found on this runtime's LUT) vs zoo")
+        for t in sorted(ours[runtime], reverse=True):
+            mine = m[(m["family"] == "ours") & m["model"].str.endswith(f"({runtime} LUT)") & (m["ms"] <= t)]
+            theirs = m[(m["family"] != "ours") & (m["ms"] <= t)]
+            cells = []
+            for sub in (mine, theirs):
+                if len(sub):
+                    b = sub.loc[sub["mean"].idxmax()]
+                    cells.append(f"{b['model']} {b['ms']:.3f} ms {b['mean'] * 100:.2f} ± {b['se'] * 100:.2f}")
+                else:
+                    cells.append("none at or under L")
+            lead = ""
+            if len(mine) and len(theirs):
+                bm, bt = mine.loc[mine["mean"].idxmax()], theirs.loc[theirs["mean"].idxmax()]
+                se = math.hypot(bm["se"], bt["se"])
+                lead = f"  lead {(bm['mean'] - bt['mean']) * 100:+.2f} ± {se * 100:.2f}"
+            lines.append(f"  L={t:g} ms: ours {cells[0]} | zoo {cells[1]}{lead}")
+    return "\n".join(lines)
+
+
+def pareto(points: pd.DataFrame) -> pd.DataFrame:
+    """The points no other point beats in both latency (lower) and accuracy (higher), by latency."""
+    pts = points.sort_values(["ms", "mean"], ascending=[True, False])
+    keep, best = [], -1.0
+    for i, r in pts.iterrows():
+        if r["mean"] > best:
+            keep.append(i)
+            best = r["mean"]
+    return pts.loc[keep]
+
+
+def plot(df: pd.DataFrame, a: argparse.Namespace, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nas.plots import save_figure
+
+    fig, axes = plt.subplots(1, len(a.runtimes), figsize=(6.5 * len(a.runtimes), 4.8), squeeze=False)
+    for ax, runtime in zip(axes[0], a.runtimes):
+        m = per_model(df, runtime)
+        m = m[~((m["family"] == "ours") & ~m["model"].str.endswith(f"({runtime} LUT)"))]
+        for k, (fam, sub) in enumerate(m.groupby("family")):
+            colour, marker = ("C3", "*") if fam == "ours" else (f"C{k % 10}", "o")
+            size = 13 if fam == "ours" else 6
+            label = f"ours (searched on the {runtime} LUT)" if fam == "ours" else fam
+            ax.errorbar(
+                sub["ms"],
+                sub["mean"] * 100,
+                yerr=sub["se"] * 100,
+                fmt=marker,
+                color=colour,
+                ms=size,
+                capsize=2,
+                label=label,
+            )
+            front = pareto(sub)
+            ax.plot(front["ms"], front["mean"] * 100, "-", color=colour, lw=1.5 if fam == "ours" else 0.8)
+        ax.set_xscale("log")
+        ax.set(
+            xlabel=f"measured latency (ms, {runtime}, {a.threads} thread, batch 1)",
+            ylabel="test top-1 (%)",
+            title=f"{runtime}: searched vs timm's zoo ({a.data})",
+        )
+        ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()
