@@ -3,6 +3,7 @@ training: what each costs in the README's main job, and what each finds (issue #
 
     python benchmarks/supernet_mode.py                    # both stages, seeds 0 and 1 (about 2 h on 2 cores)
     python benchmarks/supernet_mode.py --stage pipelines  # stage 1 only; --stage quality reuses its runs
+    python benchmarks/supernet_mode.py --stage report     # the report again from the CSVs (..._report.txt)
 
 1. Pipelines. `python -m nas.pipeline --target-ms 1.0` (the README's main job, on its default data) with
    `supernet.hard=false` and `supernet.hard=true`, for each seed (`train.seed=`, which seeds the supernet's and
@@ -54,7 +55,7 @@ STEPS = ["train_supernet", "build_lut", "slim", "train", "export"]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", choices=("all", "pipelines", "quality"), default="all")
+    p.add_argument("--stage", choices=("all", "pipelines", "quality", "report"), default="all")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="supernet seeds per mode")
     p.add_argument("--target-ms", type=float, default=1.0, help="the main job's target")
     p.add_argument("--targets", nargs="+", type=float, default=[1.6, 1.2, 0.9], help="search-quality targets")
@@ -215,16 +216,20 @@ def report(pipe: pd.DataFrame, q: pd.DataFrame | None, a: argparse.Namespace) ->
             w = q[(q["mode"] == mode) & (q["seed"] == seed)]
             w = w[w["winner_for"].apply(lambda x, t=t: f"{t:g}" in x.split(","))]
             cells.append(f"{w['scratch_top1'].mean() * 100:.2f} ± {w['scratch_top1'].std() * 100:.2f}")
-            summary.append({"mode": mode, "seed": seed, "target": t, "acc": w["scratch_top1"].mean()})
+            var = w["scratch_top1"].var() / len(w)  # the squared SE of this winner's mean over training seeds
+            summary.append({"mode": mode, "seed": seed, "target": t, "acc": w["scratch_top1"].mean(), "var": var})
         lines.append(f"{mode:<5}{seed:>5}" + "".join(f"{c:>16}" for c in cells) + f"{tau_loss:>12.3f}{tau_top1:>11.3f}")
-    s = pd.DataFrame(summary).groupby(["mode", "target"])["acc"].agg(["mean", "std", "count"])
+    # A mode's figure: the mean over its supernets of their winners' mean top-1. Its SE is the training seeds' SE of
+    # one winner's mean (averaged in variance over the supernets), not divided by the number of supernets: two
+    # supernets that find the same architecture share its three runs, so they are not independent draws.
+    s = pd.DataFrame(summary).groupby(["mode", "target"]).agg(mean=("acc", "mean"), var=("var", "mean"))
     for t in a.targets:
         if ("hard", t) in s.index and ("soft", t) in s.index:
             h, o = s.loc[("hard", t)], s.loc[("soft", t)]
-            se = np.sqrt(h["std"] ** 2 / h["count"] + o["std"] ** 2 / o["count"])
+            se = np.sqrt(h["var"] + o["var"])
             lines.append(
                 f"T={t:g}: hard - soft winners, mean over supernet seeds: {(h['mean'] - o['mean']) * 100:+.2f} "
-                f"± {se * 100:.2f} points (SE over supernet seeds)"
+                f"± {se * 100:.2f} points (SE of the difference over training seeds)"
             )
     return "\n".join(lines)
 
@@ -232,10 +237,17 @@ def report(pipe: pd.DataFrame, q: pd.DataFrame | None, a: argparse.Namespace) ->
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     setup_logging(logging.WARNING)
+    prefix = Path(a.out)
+    if a.stage == "report":  # the report again from the CSVs a full run wrote
+        pipe = pd.read_csv(prefix.with_name(prefix.name + "_pipelines.csv"))
+        q = pd.read_csv(prefix.with_suffix(".csv"), keep_default_na=False, dtype={"winner_for": str})
+        text = report(pipe, q, a)
+        atomic_write_text(prefix.with_name(prefix.name + "_report.txt"), text + "\n")
+        print(text)
+        return
     t0 = time.time()
     pipe = pipelines(a) if a.stage != "quality" else pipelines_done(a)
     q = quality(a) if a.stage != "pipelines" else None
-    prefix = Path(a.out)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(prefix.with_name(prefix.name + "_pipelines.csv"), pipe.to_csv(index=False))
     if q is not None:

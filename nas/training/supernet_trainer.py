@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class SupernetConfig:
     noise: str = "gumbel"  # gumbel: -log(-log U) (DARTS/FBNet); uniform: the paper's literal eps ~ U(0,1); none
-    hard: bool = False  # straight-through Gumbel (our addition): run only the sampled branch per MetaPath
+    hard: bool = True  # straight-through Gumbel (our addition): only the sampled branch per MetaPath runs; False: soft
     tau_start: float = 5.0  # FBNet's starting temperature
     tau_end: float = 0.5  # geometric decay from tau_start to tau_end over the run ...
     tau_decay: float = 0.0  # ... unless > 0: a fixed per-epoch factor instead (FBNet: 0.956)

@@ -46,7 +46,8 @@ AMP = ("auto", "bf16", "off")
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """`train.amp` on `device`: bf16 autocast, or None for fp32. `auto` is bf16 on CUDA (timm's --amp habit) and off
-    on the CPU (benchmarks/README.md section 5 has the measurement)."""
+    on the CPU: bf16 was faster on an AMD EPYC with avx512_bf16 (benchmarks/README.md section 5), but a CPU without
+    bf16 instructions emulates it; `bf16` opts in."""
     if amp not in AMP:
         raise TrainingError(f"train.amp={amp!r}; choose one of {', '.join(AMP)}")
     if amp == "auto":
@@ -82,7 +83,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2  # torch intra-op threads; 0 keeps torch's default
     device: str = "auto"  # auto: this rank's CUDA device when there is one, else cpu; or cpu / cuda / cuda:N
-    amp: str = "auto"  # bf16 autocast: auto (on CUDA; off on the CPU, where it was not measured to help), bf16, off
+    amp: str = "auto"  # bf16 autocast: auto (on CUDA, off on the CPU: CPUs differ in bf16 support), bf16, off
     channels_last: bool = False  # NHWC memory format for the model and its inputs (what GPUs' convolutions prefer)
     eval_batch_size: int = 256
     stop_after_epochs: int = 0  # >0: stop this invocation after N epochs (to interrupt a run; resume= continues)
