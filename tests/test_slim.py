@@ -637,7 +637,8 @@ def test_slim_verify_end_to_end_with_a_mocked_slow_measurement(trained, tmp_path
     )
     net, _ = load_supernet(trained[0])
     start = table.predict(net.spec_of(net.derive()))
-    targets = [round(start * 0.8, 4), round(start * 0.6, 4)]
+    # 0.7x: every network measures 1.12x its prediction, so the target must leave room above the trajectory's end
+    targets = [round(start * 0.8, 4), round(start * 0.7, 4)]
     with caplog.at_level(logging.INFO):
         out = slim(slim_cfg((trained[0], lut, start), tmp_path / "v", targets, "verify=true"))
     for t in targets:
