@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import shutil
 import sys
 import time
@@ -36,6 +35,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from l7_cpu import peak_rss_gib  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ADAPTIVE = {"min_rounds": 4, "settle_pct": 1.0, "passes": 1}  # as benchmarks/l7_cpu.py builds its l7 LUT
@@ -118,7 +120,7 @@ class Steps:
             "step": name,
             "wall_s": round(wall, 1),
             "cuda_peak_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2) if self.cuda else None,
-            "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+            "peak_rss_GiB": round(peak_rss_gib(), 2),
             "note": note(result),
         }
         self.rows.append(row)
@@ -139,7 +141,8 @@ def run(a: argparse.Namespace) -> list[dict[str, Any]]:
     data = {"data": "imagefolder", "data.root": str(work / "images"), "data.input_size": a.size}
     data["data.val_size"] = CLASSES * val_per_class  # the supernet's own held-out split: slimming scores on it
     # the imagefolder's val/ split is the test split; the held-out split comes from train/
-    per_epoch = max(1, (CLASSES * a.images_per_class - data["data.val_size"]) // a.batch)
+    images = CLASSES * a.images_per_class - data["data.val_size"]  # training images
+    per_epoch = max(1, images // a.batch)
     epochs = max(1, math.ceil(a.steps / per_epoch))
     recipe = {"batch_size": a.batch, "epochs": epochs, "warmup_epochs": 0, "device": a.device, "eval_batch_size": 64}
     over = [f"{k}={v}" for k, v in data.items()]
@@ -168,7 +171,6 @@ def run(a: argparse.Namespace) -> list[dict[str, Any]]:
         ),
     )
     arch = found.arch_paths[-1]
-    images = CLASSES * a.images_per_class - data["data.val_size"]
     train_epochs = max(1, math.ceil(a.train_steps * a.batch / images))
     winner = {**recipe, "epochs": train_epochs}
     metrics = steps(

@@ -7,9 +7,11 @@ zoo instead, at equal measured latency, on each runtime (issue #24).
 
 Stages (runs are kept under --work and reused for the same model, data and recipe; delete it to start afresh):
 1. Timing. Every zoo model (timm, random weights, the data's classes and input size, re-parameterised with
-   timm's `reparameterize_model` where it has a deploy form) and our searched models (fused) are timed on each
-   runtime with the project's whole-network method: all models of one runtime interleaved in shuffled rounds,
-   the 25th percentile, --passes passes, each model's fastest pass (latency_lut.measure).
+   timm's `reparameterize_model` where it has a deploy form) is timed on each runtime to place the targets (2).
+   After the search, every zoo model and every searched model (fused) is timed again on each runtime, all of
+   them side by side in one run; these are the reported latencies. The project's whole-network method: all
+   models of a run interleaved in shuffled rounds, the 25th percentile, --passes passes, each model's fastest
+   pass (latency_lut.measure).
 2. Search. Per runtime, a LUT of that runtime (--lut RUNTIME=PATH, else built into --work with the project's
    defaults) and one slimming trajectory of the supernet to --targets targets spread over the zoo's latencies on
    that runtime (evenly in log-latency between the fastest zoo model and the slowest under our start). Our
@@ -55,6 +57,7 @@ from nas.train import TrainModelConfig  # noqa: E402
 from supernet import build_model  # noqa: E402
 from supernet.arch import ArchSpec  # noqa: E402
 from supernet.files import atomic_write_text  # noqa: E402
+from supernet.supernet import SuperNet  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ZOO = [
@@ -147,9 +150,10 @@ def deploy_form(model: torch.nn.Module) -> torch.nn.Module:
     return reparameterize_model(model.eval())
 
 
-def recipe_cfg(a: argparse.Namespace, seed: int, lr_factor: float, out: Path, arch: str = "l1") -> TrainModelConfig:
-    base = compose("train", ["arch=l1", f"data={a.data}", *a.recipe], TrainModelConfig).train.lr_base
-    over = [f"arch={arch}", f"out={out}", f"data={a.data}", f"train.seed={seed}", *a.recipe]
+def recipe_cfg(a: argparse.Namespace, seed: int, lr_factor: float, out: Path) -> TrainModelConfig:
+    """nas.train's config for the shared recipe (`arch=l1` only fills the required key: the model is the zoo's)."""
+    over = ["arch=l1", f"out={out}", f"data={a.data}", f"train.seed={seed}", *a.recipe]
+    base = compose("train", over, TrainModelConfig).train.lr_base
     return compose("train", [*over, f"train.lr_base={base * lr_factor!r}"], TrainModelConfig)
 
 
@@ -206,11 +210,11 @@ def runtime_lut(a: argparse.Namespace, runtime: str, space_name: str) -> Path:
     return path
 
 
-def search(a: argparse.Namespace, runtime: str, zoo_ms: dict[str, float]) -> dict[float, ArchSpec]:
-    """One slimming trajectory on `runtime`'s LUT to targets spread over the zoo's latencies there."""
+def search(a: argparse.Namespace, net: SuperNet, runtime: str, zoo_ms: dict[str, float]) -> dict[float, ArchSpec]:
+    """One slimming trajectory of the supernet `net` on `runtime`'s LUT to targets spread over the zoo's latencies
+    there."""
     from nas import api
 
-    net = api.load_supernet(a.supernet)
     lut = runtime_lut(a, runtime, net.space.name)
     table = LatencyTable.load(lut)
     start = table.predict(net.spec_of(net.derive()))
@@ -218,9 +222,8 @@ def search(a: argparse.Namespace, runtime: str, zoo_ms: dict[str, float]) -> dic
     lo, hi = min(lats), max(lats)
     targets = sorted({round(math.exp(x), 4) for x in np.linspace(math.log(lo), math.log(hi), a.targets)}, reverse=True)
     found = api.slim(a.supernet, lut, targets, Path(a.work) / "slim" / runtime, val_images=a.val_images, bn_batches=2)
-    found_ok = {r["target"]: r["spec"] for r in found.rows}
     print(f"{runtime}: LUT {lut}, start {start:.3f} ms; targets {targets}", flush=True)
-    return found_ok
+    return {r["target"]: r["spec"] for r in found.rows}
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -230,37 +233,24 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     from nas import api
     from nas.data import build_datasets
 
-    size = api.load_supernet(a.supernet).space.input_size  # ours are searched at it; every model runs at it
+    net = api.load_supernet(a.supernet)
+    size = net.space.input_size  # ours are searched at it; every model runs at it
     classes = build_datasets(compose("train", ["arch=l1", f"data={a.data}"], TrainModelConfig).data).num_classes
     torch.manual_seed(0)
     zoo = {n: (deploy_form(zoo_model(n, classes, size)), size) for n in a.zoo}
     rows: list[dict[str, Any]] = []
-    ours: dict[str, dict[float, ArchSpec]] = {}
-    timings: dict[str, dict[str, float]] = {}
-    for runtime in a.runtimes:
-        zoo_ms = time_models(a, runtime, zoo)
-        ours[runtime] = search(a, runtime, zoo_ms)
-        specs = {f"ours {t:g} ms ({runtime} LUT)": s for t, s in ours[runtime].items()}
-        ours_ms = time_models(a, runtime, {n: (build_model(s).eval().fuse(), s.input_size) for n, s in specs.items()})
-        timings[runtime] = {**zoo_ms, **ours_ms}
-    budget = {"timing and search": time.time() - t0}
-    # every model timed on every runtime: ours found on one runtime's LUT are timed on the others too
+    # the zoo's latencies on each runtime place that runtime's targets; the search then runs on its LUT
+    ours = {runtime: search(a, net, runtime, time_models(a, runtime, zoo)) for runtime in a.runtimes}
     all_ours = {f"ours {t:g} ms ({r} LUT)": s for r, found in ours.items() for t, s in found.items()}
-    for runtime in a.runtimes:
-        missing = {n: s for n, s in all_ours.items() if n not in timings[runtime]}
-        if missing:
-            built = {n: (build_model(s).eval().fuse(), s.input_size) for n, s in missing.items()}
-            timings[runtime].update(time_models(a, runtime, built))
+    # the reported latencies: every model, zoo and ours (found on any runtime's LUT), side by side in one run
+    models = {**zoo, **{n: (build_model(s).eval().fuse(), s.input_size) for n, s in all_ours.items()}}
+    timings = {runtime: time_models(a, runtime, models) for runtime in a.runtimes}
+    budget = {"timing and search": time.time() - t0}
     t1 = time.time()
     work = Path(a.work)
     for name, spec in all_ours.items():
-        spec_json = json.dumps(spec.to_dict())
-        arch_id = search_quality.arch_name(spec_json)
-        path = work / "archs" / f"{arch_id}.yaml"
-        if not path.is_file():
-            spec.save(path)
         for seed in a.seeds:
-            acc, _ = search_quality.train_one(path, work / "ours" / arch_id / f"seed{seed}", seed, a.data, a.recipe)
+            acc, _, _ = search_quality.train_arch(json.dumps(spec.to_dict()), work / "ours", seed, a.data, a.recipe)
             rows.append(
                 {
                     "model": name,

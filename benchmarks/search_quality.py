@@ -140,6 +140,19 @@ def train_one(arch: Path, out: Path, seed: int, data: str, recipe: list[str] = B
     return m["test_top1"], m["train_wall_s"]
 
 
+def train_arch(
+    spec_json: str, work: Path, seed: int, data: str, recipe: list[str] = BUDGET
+) -> tuple[float, float, str]:
+    """`train_one` for an architecture given as its spec's JSON: its YAML kept as work/archs/<name>.yaml and its runs
+    under work/<name>/seed<k>, <name> its content hash (`arch_name`), so a run is reused only for the same
+    architecture. Returns test top-1, training wall time and <name>."""
+    name = arch_name(spec_json)
+    path = work / "archs" / f"{name}.yaml"
+    if not path.is_file():
+        ArchSpec.from_dict(json.loads(spec_json)).save(path)
+    return (*train_one(path, work / name / f"seed{seed}", seed, data, recipe), name)
+
+
 def same_recipe(stored: Path, cfg: TrainModelConfig) -> bool:
     """Whether the run whose config is `stored` used `cfg`'s data and training recipe."""
     if not stored.is_file():
@@ -260,19 +273,12 @@ def main() -> None:
     df["measured_ms"] = df["spec"].map(ms)
     budget["timing"] = time.time() - t1
     t2, work, rows = time.time(), Path(a.work), []
-    names = {spec: arch_name(spec) for spec in unique["spec"]}  # runs already in --work are reused by content
-    for spec_json, name in names.items():
-        path = work / "archs" / f"{name}.yaml"
-        if not path.is_file():
-            ArchSpec.from_dict(json.loads(spec_json)).save(path)
     for r in df.to_dict("records"):
-        for seed in a.seeds:
-            acc, wall = train_one(
-                work / "archs" / f"{names[r['spec']]}.yaml", work / names[r["spec"]] / f"seed{seed}", seed, a.data
-            )
-            rows.append({**r, "seed": seed, "test_top1": acc, "train_wall_s": wall, "arch_id": names[r["spec"]]})
+        for seed in a.seeds:  # runs already in --work are reused by content
+            acc, wall, name = train_arch(r["spec"], work, seed, a.data)
+            rows.append({**r, "seed": seed, "test_top1": acc, "train_wall_s": wall, "arch_id": name})
         print(
-            f"T={r['target_ms']:g} {r['method']:<13} {names[r['spec']]}: "
+            f"T={r['target_ms']:g} {r['method']:<13} {name}: "
             f"{np.mean([x['test_top1'] for x in rows[-len(a.seeds) :]]) * 100:.2f}%",
             flush=True,
         )

@@ -105,17 +105,10 @@ def pipelines(a: argparse.Namespace) -> pd.DataFrame:
                 "test_top1": rep["test_top1"],
                 "predicted_ms": rep["predicted_ms"],
                 "params_M": rep["params_M"],
-                "arch": describe(arch),
+                "arch": arch.describe(),
             }
         )
     return pd.DataFrame(rows)
-
-
-def describe(spec: ArchSpec) -> str:
-    depths = "-".join(str(len(s.blocks)) for s in spec.stages)
-    widths = "-".join(str(s.width) for s in spec.stages)
-    mb3d = "-".join(str(s.blocks.count("3d")) for s in spec.stages)
-    return f"{depths} / {widths} / {mb3d}"
 
 
 def quality(a: argparse.Namespace) -> pd.DataFrame:
@@ -172,13 +165,7 @@ def train_scratch(a: argparse.Namespace, spec_jsons: list[str]) -> dict[str, dic
     work, out = Path(a.work) / "scratch", {}
     t0 = time.time()
     for i, spec_json in enumerate(spec_jsons):
-        name = search_quality.arch_name(spec_json)
-        path = work / "archs" / f"{name}.yaml"
-        if not path.is_file():
-            ArchSpec.from_dict(json.loads(spec_json)).save(path)
-        out[spec_json] = {
-            k: search_quality.train_one(path, work / name / f"seed{k}", k, a.data)[0] for k in a.scratch_seeds
-        }
+        out[spec_json] = {k: search_quality.train_arch(spec_json, work, k, a.data)[0] for k in a.scratch_seeds}
         print(f"from scratch {i + 1}/{len(spec_jsons)} ({time.time() - t0:.0f} s)", flush=True)
     return out
 

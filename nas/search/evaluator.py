@@ -68,8 +68,9 @@ def evaluate(model: nn.Module, batches: Batches) -> Score:
     model.eval()
     total = sum(len(y) for _, y in batches)
     # summed on the device and read once (a GPU is not made to wait per batch); float64, as the Python floats were
-    loss = torch.zeros((), dtype=torch.float64, device=batches[0][0].device) if batches else torch.zeros(())
-    correct = torch.zeros((), dtype=torch.int64, device=loss.device)
+    device = batches[0][0].device if batches else torch.device("cpu")
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     for x, y in batches:
         logits = model(x)
         loss += F.cross_entropy(logits, y, reduction="sum").double()
