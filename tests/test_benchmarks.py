@@ -62,7 +62,7 @@ def test_peers_compares_searched_and_zoo_models_at_equal_measured_latency(traine
     prefix = tmp_path / "peers"
     df = peers.main(
         ["--quick", "--supernet", str(sn), "--lut", f"torch={lut}", "--runtimes", "torch", "--work",
-         str(tmp_path / "work"), "--out", str(prefix), "--zoo", "lcnet_050", "mobilenetv3_small_050"]
+         str(tmp_path / "work"), "--out", str(prefix), "--zoo", "lcnet_050", "mobilenetv3_small_050", "--near", "1e3"]
     )  # fmt: skip
     assert set(df["family"]) == {"ours", "LCNet", "MobileNetV3"} and (df["torch_ms"] > 0).all()
     assert {"same", "best of sweep"} == set(df.loc[df["family"] != "ours", "recipe"])
