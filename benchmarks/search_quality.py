@@ -154,11 +154,14 @@ def train_arch(
 
 
 def same_recipe(stored: Path, cfg: TrainModelConfig) -> bool:
-    """Whether the run whose config is `stored` used `cfg`'s data and training recipe."""
+    """Whether the run whose config is `stored` used `cfg`'s data and training recipe (its intra-op thread count
+    aside: that changes the speed and the order of float sums, not the recipe)."""
     if not stored.is_file():
         return False
     old = yaml.safe_load(stored.read_text())
-    return old.get("data") == dataclasses.asdict(cfg.data) and old.get("train") == dataclasses.asdict(cfg.train)
+    train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k != "threads"}
+    old_train = {k: v for k, v in (old.get("train") or {}).items() if k != "threads"}
+    return old.get("data") == dataclasses.asdict(cfg.data) and old_train == train
 
 
 def kendall_tau(x, y) -> float:

@@ -62,7 +62,7 @@ def test_peers_compares_searched_and_zoo_models_at_equal_measured_latency(traine
     prefix = tmp_path / "peers"
     df = peers.main(
         ["--quick", "--supernet", str(sn), "--lut", f"torch={lut}", "--runtimes", "torch", "--work",
-         str(tmp_path / "work"), "--out", str(prefix), "--zoo", "lcnet_050", "mobilenetv3_small_050", "--near", "1e3"]
+         str(tmp_path / "work"), "--out", str(prefix), "--zoo", "lcnet_050", "mobilenetv3_small_050", "--near", "1e3", "--jobs", "2"]
     )  # fmt: skip
     assert set(df["family"]) == {"ours", "LCNet", "MobileNetV3"} and (df["torch_ms"] > 0).all()
     assert {"same", "best of sweep"} == set(df.loc[df["family"] != "ours", "recipe"])
@@ -72,7 +72,8 @@ def test_peers_compares_searched_and_zoo_models_at_equal_measured_latency(traine
         chosen = df[(df["model"] == name) & (df["recipe"] == "best of sweep")]["lr_factor"].iloc[0]
         assert chosen == max(val, key=val.get)
     text = (prefix.with_suffix(".txt")).read_text()
-    best = df.groupby("model").agg(acc=("test_top1", "max"), ms=("torch_ms", "first"), fam=("family", "first"))
+    chosen = df[(df["family"] == "ours") | (df["recipe"] == "best of sweep")]  # a zoo model's figure: best of sweep
+    best = chosen.groupby("model").agg(acc=("test_top1", "mean"), ms=("torch_ms", "first"), fam=("family", "first"))
     for line in [x for x in text.splitlines() if x.strip().startswith("L=")]:
         t = float(line.split("L=")[1].split(" ms")[0])
         under = best[best["ms"] <= t]
