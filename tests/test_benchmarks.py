@@ -62,15 +62,22 @@ def test_peers_compares_searched_and_zoo_models_at_equal_measured_latency(traine
     prefix = tmp_path / "peers"
     df = peers.main(
         ["--quick", "--supernet", str(sn), "--lut", f"torch={lut}", "--runtimes", "torch", "--work",
-         str(tmp_path / "work"), "--out", str(prefix), "--zoo", "lcnet_050", "mobilenetv3_small_050", "--near", "1e3", "--jobs", "2"]
+         str(tmp_path / "work"), "--out", str(prefix), "--zoo", "lcnet_050", "mobilenetv3_small_050", "--near", "1e3",
+         "--jobs", "2"]
     )  # fmt: skip
     assert set(df["family"]) == {"ours", "LCNet", "MobileNetV3"} and (df["torch_ms"] > 0).all()
     assert {"same", "best of sweep"} == set(df.loc[df["family"] != "ours", "recipe"])
     for name in ("lcnet_050", "mobilenetv3_small_050"):  # best of sweep = the best held-out top-1, not test
         runs = tmp_path / "work" / "zoo" / name
-        val = {f: json.loads((runs / f"lr{f:g}" / "seed0" / "metrics.json").read_text())["val_top1"] for f in (0.5, 1)}
+        val = {
+            float(d.name[2:]): json.loads((d / "seed0" / "metrics.json").read_text())["val_top1"]
+            for d in runs.iterdir()
+        }
         chosen = df[(df["model"] == name) & (df["recipe"] == "best of sweep")]["lr_factor"].iloc[0]
         assert chosen == max(val, key=val.get)
+        # the sweep is x0.5 and x1, doubled (at most twice) while its largest rate is the best
+        assert {0.5, 1.0} <= set(val) <= {0.5, 1.0, 2.0, 4.0}
+        assert (2.0 in val) == (val[1.0] > val[0.5]) and (4.0 in val) == (2.0 in val and val[2.0] > val[1.0])
     text = (prefix.with_suffix(".txt")).read_text()
     chosen = df[(df["family"] == "ours") | (df["recipe"] == "best of sweep")]  # a zoo model's figure: best of sweep
     best = chosen.groupby("model").agg(acc=("test_top1", "mean"), ms=("torch_ms", "first"), fam=("family", "first"))
