@@ -111,11 +111,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--zoo", nargs="+", default=ZOO)
     p.add_argument("--targets", type=int, default=4, help="target latencies per runtime")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--lr-factors", nargs="+", type=float, default=[0.5, 1.0, 2.0], help="x the recipe's lr_base")
+    p.add_argument("--lr-factors", nargs="+", type=float, default=[1.0, 2.0, 4.0], help="x the recipe's lr_base")
     p.add_argument(
         "--lr-extend",
         type=int,
-        default=2,
+        default=1,
         help="while a zoo model's best rate is the sweep's largest, also try twice it (at most this many times)",
     )
     p.add_argument("--recipe", nargs="*", default=RECIPE, help="overrides shared by every training run")
