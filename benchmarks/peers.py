@@ -131,6 +131,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--jobs", type=int, default=1, help="training runs at once, each with cpu_count/jobs intra-op threads"
     )
+    p.add_argument(
+        "--long-epochs",
+        type=int,
+        default=0,
+        help="also train, at the first runtime's largest and smallest comparison latency, the best model of each "
+        "side at or under it for this many epochs (first seed): does the short recipe's lead hold? 0: skip",
+    )
     p.add_argument("--work", default="runs/bench/peers")
     p.add_argument("--out", default=str(RESULTS / "peers"), help="prefix of the .csv/.txt/.png written")
     p.add_argument("--quick", action="store_true", help="smoke scale: digits, 3 zoo models, 1 seed, 2 targets")
@@ -299,7 +306,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     with pool(a.jobs) as ex:
         ours_runs = {k: ex.submit(search_quality.train_arch, *v) for k, v in ours_jobs.items()}
         sweeps = {k: ex.submit(train_zoo, *v) for k, v in sweep_jobs.items()}
-        best = {}
+        best, runs = {}, {}
         for n in near:  # the rate with the best held-out top-1 at the first seed, then every seed at it
             sweep = {f: sweeps[n, f].result() for f in a.lr_factors}
             for _ in range(a.lr_extend):  # the best rate at the sweep's edge: the model may want a larger one
@@ -309,7 +316,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                 sweep[2 * top] = ex.submit(train_zoo, a, n, a.seeds[0], 2 * top, size).result()
             best[n] = max(sweep, key=lambda f: sweep[f]["val_top1"])
             print(f"{n}: sweep val top-1 { ({f: round(m['val_top1'], 4) for f, m in sweep.items()}) }", flush=True)
-        runs = {(n, seed): ex.submit(train_zoo, a, n, seed, best[n], size) for n in near for seed in a.seeds}
+            runs.update({(n, seed): ex.submit(train_zoo, a, n, seed, best[n], size) for seed in a.seeds})
         for (name, seed), job in ours_runs.items():
             spec = all_ours[name]
             row = {"model": name, "family": "ours", "recipe": "same", "lr_factor": 1.0, "seed": seed}
@@ -345,11 +352,61 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     )
     if len(timed):
         atomic_write_text(prefix.parent / f"{prefix.name}_timed_only.csv", timed.to_csv(index=False))
-    text = report(df, a, ours, timed) + "\nbudget: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in budget.items())
+    text = report(df, a, ours, timed)
+    if a.long_epochs:
+        t2 = time.time()
+        text += "\n\n" + long_check(a, df, ours, all_ours, size)
+        budget["longer recipe"] = time.time() - t2
+    text += "\nbudget: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in budget.items())
     atomic_write_text(prefix.with_suffix(".txt"), text + "\n")
     print(text)
     plot(df, a, prefix.with_suffix(".png"))
     return df
+
+
+def long_check(
+    a: argparse.Namespace,
+    df: pd.DataFrame,
+    ours: dict[str, dict[float, ArchSpec]],
+    specs: dict[str, ArchSpec],
+    size: int,
+) -> str:
+    """Does the lead of the short recipe hold with a longer one? At the first runtime's largest and smallest
+    comparison latency (`levels`), the best model of each side at or under it (as the report pairs them) retrained
+    for --long-epochs epochs at the first seed, the zoo model at its chosen rate, each in --work/long."""
+    import copy
+
+    runtime, seed = a.runtimes[0], a.seeds[0]
+    longer = copy.copy(a)
+    longer.recipe = [*a.recipe, f"train.epochs={a.long_epochs}"]
+    longer.work = str(Path(a.work) / "long")
+    m = per_model(df, runtime)
+    lines = [f"[{runtime}] longer recipe ({a.long_epochs} epochs, seed {seed}; otherwise as above):"]
+    at = levels(m, ours[runtime])
+    for t in sorted({at[0], at[-1]}, reverse=True):
+        mine = m[(m["family"] == "ours") & m["model"].str.endswith(f"({runtime} LUT)") & (m["ms"] <= t)]
+        theirs = m[(m["family"] != "ours") & (m["ms"] <= t)]
+        if not len(mine) or not len(theirs):
+            lines.append(f"  L={t:g} ms: one side has no model at or under L")
+            continue
+        bm, bt = mine.loc[mine["mean"].idxmax()], theirs.loc[theirs["mean"].idxmax()]
+        with pool(a.jobs) as ex:
+            job_mine = ex.submit(
+                search_quality.train_arch,
+                json.dumps(specs[bm["model"]].to_dict()),
+                Path(longer.work) / "ours",
+                seed,
+                a.data,
+                longer.recipe,
+            )
+            job_theirs = ex.submit(train_zoo, longer, bt["model"], seed, float(bt["lr"]), size)
+            acc_mine, acc_theirs = job_mine.result()[0], job_theirs.result()["test_top1"]
+        lines.append(
+            f"  L={t:g} ms: ours {bm['model']} {acc_mine * 100:.2f} (short recipe {bm['mean'] * 100:.2f}) | "
+            f"zoo {bt['model']} lr x{bt['lr']:g} {acc_theirs * 100:.2f} (short recipe {bt['mean'] * 100:.2f})  "
+            f"lead {(acc_mine - acc_theirs) * 100:+.2f} (short recipe {(bm['mean'] - bt['mean']) * 100:+.2f})"
+        )
+    return "\n".join(lines)
 
 
 class _Serial:
@@ -404,6 +461,14 @@ def per_model(df: pd.DataFrame, runtime: str) -> pd.DataFrame:
     return best.reset_index(drop=True)
 
 
+def levels(m: pd.DataFrame, targets: dict[float, ArchSpec]) -> list[float]:
+    """The latencies L a runtime's comparison is made at, largest first: its targets and, where the zoo is slower
+    than all of them (torch eager), the four fastest trained zoo models' latencies too."""
+    zoo_ms = sorted(m.loc[m["family"] != "ours", "ms"])
+    extra = [math.ceil(x * 1e4) / 1e4 for x in zoo_ms[:4]] if zoo_ms and zoo_ms[0] > max(targets) else []
+    return sorted({*extra, *targets}, reverse=True)
+
+
 def report(df: pd.DataFrame, a: argparse.Namespace, ours: dict[str, dict[float, ArchSpec]], timed: pd.DataFrame) -> str:
     lines = [
         f"Test top-1 (%) at equal measured latency; data {a.data}, recipe {' '.join(a.recipe)}, seeds {a.seeds}; "
@@ -422,14 +487,11 @@ def report(df: pd.DataFrame, a: argparse.Namespace, ours: dict[str, dict[float, 
             lines.append(
                 f"  {r.model:<34}{getattr(r, f'{runtime}_ms'):>8.3f} ms  not trained (slower than every target)"
             )
-        # where the zoo is slower than all our targets (torch eager), its four fastest trained models' latencies too
-        zoo_ms = sorted(m.loc[m["family"] != "ours", "ms"])
-        extra = [math.ceil(x * 1e4) / 1e4 for x in zoo_ms[:4]] if zoo_ms and zoo_ms[0] > max(ours[runtime]) else []
         lines.append(
             f"[{runtime}] at each target L (and the fastest zoo latencies where the zoo is slower than every target): "
             "best at or under L, ours (found on this runtime's LUT) vs zoo"
         )
-        for t in [*sorted(extra, reverse=True), *sorted(ours[runtime], reverse=True)]:
+        for t in levels(m, ours[runtime]):
             mine = m[(m["family"] == "ours") & m["model"].str.endswith(f"({runtime} LUT)") & (m["ms"] <= t)]
             theirs = m[(m["family"] != "ours") & (m["ms"] <= t)]
             cells = []

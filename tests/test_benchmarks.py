@@ -63,7 +63,7 @@ def test_peers_compares_searched_and_zoo_models_at_equal_measured_latency(traine
     df = peers.main(
         ["--quick", "--supernet", str(sn), "--lut", f"torch={lut}", "--runtimes", "torch", "--work",
          str(tmp_path / "work"), "--out", str(prefix), "--zoo", "lcnet_050", "mobilenetv3_small_050", "--near", "1e3",
-         "--jobs", "2"]
+         "--jobs", "2", "--long-epochs", "2"]
     )  # fmt: skip
     assert set(df["family"]) == {"ours", "LCNet", "MobileNetV3"} and (df["torch_ms"] > 0).all()
     assert {"same", "best of sweep"} == set(df.loc[df["family"] != "ours", "recipe"])
@@ -81,6 +81,7 @@ def test_peers_compares_searched_and_zoo_models_at_equal_measured_latency(traine
     text = (prefix.with_suffix(".txt")).read_text()
     chosen = df[(df["family"] == "ours") | (df["recipe"] == "best of sweep")]  # a zoo model's figure: best of sweep
     best = chosen.groupby("model").agg(acc=("test_top1", "mean"), ms=("torch_ms", "first"), fam=("family", "first"))
+    text, longer = text.split("longer recipe (2 epochs")
     for line in [x for x in text.splitlines() if x.strip().startswith("L=")]:
         t = float(line.split("L=")[1].split(" ms")[0])
         under = best[best["ms"] <= t]
@@ -88,4 +89,11 @@ def test_peers_compares_searched_and_zoo_models_at_equal_measured_latency(traine
         assert ("zoo none at or under L" in line) == zoo.empty
         if not zoo.empty:
             assert f"zoo {zoo['acc'].idxmax()} " in line
+    # the longer recipe retrains the pairs at the largest target (the smallest has no model of ours under it here)
+    pair = [x for x in longer.splitlines() if "lead" in x]
+    assert (
+        len(pair) == 1
+        and (tmp_path / "work" / "long" / "zoo").is_dir()
+        and (tmp_path / "work" / "long" / "ours").is_dir()
+    )
     assert prefix.with_suffix(".png").stat().st_size > 1000
