@@ -115,7 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--lr-extend",
         type=int,
-        default=1,
+        default=3,
         help="while a zoo model's best rate is the sweep's largest, also try twice it (at most this many times)",
     )
     p.add_argument("--recipe", nargs="*", default=RECIPE, help="overrides shared by every training run")
