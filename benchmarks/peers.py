@@ -119,6 +119,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="while a zoo model's best rate is the sweep's largest, also try twice it (at most this many times)",
     )
     p.add_argument("--recipe", nargs="*", default=RECIPE, help="overrides shared by every training run")
+    p.add_argument(
+        "--no-sweep-ours",
+        dest="sweep_ours",
+        action="store_false",
+        help="train ours at the recipe's rate only (by default ours get the zoo's sweep too)",
+    )
     p.add_argument("--data", default="fashion_mnist")
     p.add_argument("--passes", type=int, default=2, help="timing passes per runtime (each model's fastest kept)")
     p.add_argument("--val-images", type=int, default=500, help="slimming's scoring images")
@@ -182,6 +188,20 @@ def recipe_cfg(a: argparse.Namespace, seed: int, lr_factor: float, out: Path) ->
     over = ["arch=l1", f"out={out}", f"data={a.data}", f"train.seed={seed}", *a.recipe]
     base = compose("train", over, TrainModelConfig).train.lr_base
     return compose("train", [*over, f"train.lr_base={base * lr_factor!r}"], TrainModelConfig)
+
+
+def base_lr(a: argparse.Namespace) -> float:
+    return compose("train", ["arch=l1", f"data={a.data}", *a.recipe], TrainModelConfig).train.lr_base
+
+
+def train_ours(a: argparse.Namespace, spec_json: str, seed: int, factor: float) -> dict[str, float]:
+    """Test and held-out top-1 of one run of our architecture with the shared recipe at `factor` x its learning
+    rate (x1 under --work/ours, others under --work/ours_lr<factor>), reused when already trained with it."""
+    root = Path(a.work) / ("ours" if factor == 1 else f"ours_lr{factor:g}")
+    recipe = list(a.recipe) if factor == 1 else [*a.recipe, f"train.lr_base={base_lr(a) * factor!r}"]
+    test, _, name = search_quality.train_arch(spec_json, root, seed, a.data, recipe)
+    val = json.loads((root / name / f"seed{seed}" / "metrics.json").read_text())["val_top1"]
+    return {"test_top1": test, "val_top1": val}
 
 
 def train_zoo(a: argparse.Namespace, name: str, seed: int, lr_factor: float, size: int) -> dict[str, float]:
@@ -293,44 +313,52 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     timings = {runtime: time_models(a, runtime, models, "all") for runtime in a.runtimes}
     budget = {"timing and search": time.time() - t0}
     t1 = time.time()
-    work = Path(a.work)
     near = [n for n in a.zoo if any(timings[r][n] <= a.near * max(ours[r]) for r in a.runtimes)]
     far = [n for n in a.zoo if n not in near]
     print(f"zoo models trained (near a target): {near}; timed only (slower): {far}", flush=True)
-    ours_jobs = {
-        (n, seed): (json.dumps(spec.to_dict()), work / "ours", seed, a.data, a.recipe)
-        for n, spec in all_ours.items()
-        for seed in a.seeds
-    }
-    sweep_jobs = {(n, f): (a, n, a.seeds[0], f, size) for n in near for f in a.lr_factors}
+    # every model's learning rate is chosen alike (ours too, unless --no-sweep-ours): a sweep at the first seed
+    swept = [*(all_ours if a.sweep_ours else []), *near]
     with pool(a.jobs) as ex:
-        ours_runs = {k: ex.submit(search_quality.train_arch, *v) for k, v in ours_jobs.items()}
-        sweeps = {k: ex.submit(train_zoo, *v) for k, v in sweep_jobs.items()}
-        best, runs = {}, {}
-        for n in near:  # the rate with the best held-out top-1 at the first seed, then every seed at it
-            sweep = {f: sweeps[n, f].result() for f in a.lr_factors}
+        futures: dict[tuple[str, int, float], Any] = {}
+
+        def submit(name: str, seed: int, factor: float):
+            """One training run; a run already submitted is not submitted twice (two would share a folder)."""
+            if (name, seed, factor) not in futures:
+                if name in all_ours:
+                    spec_json = json.dumps(all_ours[name].to_dict())
+                    futures[name, seed, factor] = ex.submit(train_ours, a, spec_json, seed, factor)
+                else:
+                    futures[name, seed, factor] = ex.submit(train_zoo, a, name, seed, factor, size)
+            return futures[name, seed, factor]
+
+        for name in all_ours:  # ours at the recipe's own rate, every seed
+            for seed in a.seeds:
+                submit(name, seed, 1.0)
+        for name in swept:
+            for f in a.lr_factors:
+                submit(name, a.seeds[0], f)
+        best = {}
+        for n in swept:  # the rate with the best held-out top-1 at the first seed, then every seed at it
+            sweep = {f: submit(n, a.seeds[0], f).result() for f in a.lr_factors}
             for _ in range(a.lr_extend):  # the best rate at the sweep's edge: the model may want a larger one
                 top = max(sweep)
                 if max(sweep, key=lambda f: sweep[f]["val_top1"]) != top:
                     break
-                sweep[2 * top] = ex.submit(train_zoo, a, n, a.seeds[0], 2 * top, size).result()
+                sweep[2 * top] = submit(n, a.seeds[0], 2 * top).result()
             best[n] = max(sweep, key=lambda f: sweep[f]["val_top1"])
             print(f"{n}: sweep val top-1 { ({f: round(m['val_top1'], 4) for f, m in sweep.items()}) }", flush=True)
-            runs.update({(n, seed): ex.submit(train_zoo, a, n, seed, best[n], size) for seed in a.seeds})
-        for (name, seed), job in ours_runs.items():
-            spec = all_ours[name]
-            row = {"model": name, "family": "ours", "recipe": "same", "lr_factor": 1.0, "seed": seed}
-            rows.append({**row, "test_top1": job.result()[0], "arch": spec.describe()})
-        for name in near:
-            row = {"model": name, "family": family(name), "arch": name}
-            # same recipe: the sweep's run at the recipe's own rate (first seed); best of sweep: every seed
-            same = sweeps[name, 1.0].result() if (name, 1.0) in sweeps else None
-            if same is not None:
-                rows.append(
-                    {**row, "recipe": "same", "lr_factor": 1.0, "seed": a.seeds[0], "test_top1": same["test_top1"]}
-                )
             for seed in a.seeds:
-                m = runs[name, seed].result()
+                submit(n, seed, best[n])
+        for name in [*all_ours, *near]:
+            ourselves = name in all_ours
+            row = {"model": name, "family": "ours" if ourselves else family(name)}
+            row["arch"] = all_ours[name].describe() if ourselves else name
+            # same recipe: ours at every seed, a zoo model at the first (its sweep's x1 run)
+            for seed in a.seeds if ourselves else a.seeds[:1] if 1.0 in a.lr_factors else []:
+                m = submit(name, seed, 1.0).result()
+                rows.append({**row, "recipe": "same", "lr_factor": 1.0, "seed": seed, "test_top1": m["test_top1"]})
+            for seed in a.seeds if name in best else []:
+                m = submit(name, seed, best[name]).result()
                 rows.append(
                     {
                         **row,
@@ -391,18 +419,12 @@ def long_check(
             continue
         bm, bt = mine.loc[mine["mean"].idxmax()], theirs.loc[theirs["mean"].idxmax()]
         with pool(a.jobs) as ex:
-            job_mine = ex.submit(
-                search_quality.train_arch,
-                json.dumps(specs[bm["model"]].to_dict()),
-                Path(longer.work) / "ours",
-                seed,
-                a.data,
-                longer.recipe,
-            )
+            job_mine = ex.submit(train_ours, longer, json.dumps(specs[bm["model"]].to_dict()), seed, float(bm["lr"]))
             job_theirs = ex.submit(train_zoo, longer, bt["model"], seed, float(bt["lr"]), size)
-            acc_mine, acc_theirs = job_mine.result()[0], job_theirs.result()["test_top1"]
+            acc_mine, acc_theirs = job_mine.result()["test_top1"], job_theirs.result()["test_top1"]
         lines.append(
-            f"  L={t:g} ms: ours {bm['model']} {acc_mine * 100:.2f} (short recipe {bm['mean'] * 100:.2f}) | "
+            f"  L={t:g} ms: ours {bm['model']} lr x{bm['lr']:g} {acc_mine * 100:.2f} "
+            f"(short recipe {bm['mean'] * 100:.2f}) | "
             f"zoo {bt['model']} lr x{bt['lr']:g} {acc_theirs * 100:.2f} (short recipe {bt['mean'] * 100:.2f})  "
             f"lead {(acc_mine - acc_theirs) * 100:+.2f} (short recipe {(bm['mean'] - bt['mean']) * 100:+.2f})"
         )
@@ -454,8 +476,9 @@ def per_model(df: pd.DataFrame, runtime: str) -> pd.DataFrame:
         .reset_index()
     )
     g["se"] = (g["sd"].fillna(0) / np.sqrt(g["n"])).astype(float)
-    # ours: the recipe's rate; a zoo model: its best of sweep (the rate chosen on held-out images, every seed)
-    best = g[(g["family"] == "ours") | (g["recipe"] == "best of sweep")].copy()
+    # a model's best of sweep (the rate chosen on held-out images, every seed) where it was swept, else its x1 runs
+    swept = set(g.loc[g["recipe"] == "best of sweep", "model"])
+    best = g[(g["recipe"] == "best of sweep") | ~g["model"].isin(swept)].copy()
     same = g[g["recipe"] == "same"].set_index("model")["mean"]
     best["same_recipe"] = best["model"].map(same)
     return best.reset_index(drop=True)
@@ -481,7 +504,7 @@ def report(df: pd.DataFrame, a: argparse.Namespace, ours: dict[str, dict[float, 
         m = per_model(df, runtime)
         lines += ["", f"[{runtime}] every model (ms measured on {runtime}):"]
         for r in m.sort_values("ms").itertuples():
-            extra = f" (same recipe, first seed: {r.same_recipe * 100:.2f})" if r.family != "ours" else ""
+            extra = f" (at x1: {r.same_recipe * 100:.2f})" if r.recipe == "best of sweep" else ""
             lines.append(f"  {r.model:<34}{r.ms:>8.3f} ms  {r.mean * 100:6.2f} ± {r.se * 100:.2f}  lr x{r.lr:g}{extra}")
         for r in timed.sort_values(f"{runtime}_ms").itertuples() if len(timed) else []:
             lines.append(
