@@ -144,6 +144,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also train, at the first runtime's largest and smallest comparison latency, the best model of each "
         "side at or under it for this many epochs (first seed): does the short recipe's lead hold? 0: skip",
     )
+    p.add_argument(
+        "--skip-train",
+        nargs="*",
+        default=[],
+        help="zoo models timed (they still place the targets) but not trained, listed as such in the report",
+    )
     p.add_argument("--work", default="runs/bench/peers")
     p.add_argument("--out", default=str(RESULTS / "peers"), help="prefix of the .csv/.txt/.png written")
     p.add_argument("--quick", action="store_true", help="smoke scale: digits, 3 zoo models, 1 seed, 2 targets")
@@ -315,7 +321,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     t1 = time.time()
     near = [n for n in a.zoo if any(timings[r][n] <= a.near * max(ours[r]) for r in a.runtimes)]
     far = [n for n in a.zoo if n not in near]
-    print(f"zoo models trained (near a target): {near}; timed only (slower): {far}", flush=True)
+    skipped = [n for n in near if n in a.skip_train]
+    near = [n for n in near if n not in skipped]
+    print(f"zoo models trained (near a target): {near}; timed only (slower): {far}; skipped: {skipped}", flush=True)
     # every model's learning rate is chosen alike (ours too, unless --no-sweep-ours): a sweep at the first seed
     swept = [*(all_ours if a.sweep_ours else []), *near]
     with pool(a.jobs) as ex:
@@ -376,7 +384,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(prefix.with_suffix(".csv"), df.to_csv(index=False))
     timed = pd.DataFrame(
-        [{"model": n, "family": family(n), **{f"{r}_ms": timings[r][n] for r in a.runtimes}} for n in far]
+        [
+            {"model": n, "family": family(n), "why": why, **{f"{r}_ms": timings[r][n] for r in a.runtimes}}
+            for names, why in (
+                (far, "slower than every target"),
+                (skipped, "near a target; not trained (--skip-train)"),
+            )
+            for n in names
+        ]
     )
     if len(timed):
         atomic_write_text(prefix.parent / f"{prefix.name}_timed_only.csv", timed.to_csv(index=False))
@@ -507,9 +522,7 @@ def report(df: pd.DataFrame, a: argparse.Namespace, ours: dict[str, dict[float, 
             extra = f" (at x1: {r.same_recipe * 100:.2f})" if r.recipe == "best of sweep" else ""
             lines.append(f"  {r.model:<34}{r.ms:>8.3f} ms  {r.mean * 100:6.2f} ± {r.se * 100:.2f}  lr x{r.lr:g}{extra}")
         for r in timed.sort_values(f"{runtime}_ms").itertuples() if len(timed) else []:
-            lines.append(
-                f"  {r.model:<34}{getattr(r, f'{runtime}_ms'):>8.3f} ms  not trained (slower than every target)"
-            )
+            lines.append(f"  {r.model:<34}{getattr(r, f'{runtime}_ms'):>8.3f} ms  not trained ({r.why})")
         lines.append(
             f"[{runtime}] at each target L (and the fastest zoo latencies where the zoo is slower than every target): "
             "best at or under L, ours (found on this runtime's LUT) vs zoo"
