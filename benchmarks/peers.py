@@ -570,7 +570,9 @@ def plot(df: pd.DataFrame, a: argparse.Namespace, path: Path) -> None:
         m = per_model(df, runtime)
         m = m[~((m["family"] == "ours") & ~m["model"].str.endswith(f"({runtime} LUT)"))]
         for k, (fam, sub) in enumerate(m.groupby("family")):
-            colour, marker = ("C3", "*") if fam == "ours" else (f"C{k % 10}", "o")
+            colour, marker = (
+                ("C3", "*") if fam == "ours" else (f"C{[0, 1, 2, 4, 5, 6, 7, 8, 9][k % 9]}", "o")
+            )  # C3: ours
             size = 13 if fam == "ours" else 6
             label = f"ours (searched on the {runtime} LUT)" if fam == "ours" else fam
             ax.errorbar(
