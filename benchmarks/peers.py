@@ -18,12 +18,12 @@ Stages (runs are kept under --work and reused for the same model, data and recip
    models for that runtime are its emitted architectures.
 3. Training, the same recipe for everyone (--recipe: a shortened tiny_cpu recipe on --data), --seeds seeds,
    --jobs runs at once:
-   - ours at the recipe's learning rate (the one chosen for our models);
-   - each zoo model near a target (at or under --near x a runtime's largest target) in a sweep of --lr-factors x
-     that rate at the first seed, the largest doubled up to --lr-extend times while it is the best; the rate with
-     the best *held-out* top-1 (the validation split carved from the training data, never the test split) is
-     trained at every seed ("best of sweep"), and is the zoo model's figure. Its x1 run ("same recipe", first
-     seed) is reported beside it.
+   - ours at the recipe's learning rate (the one chosen for our models), every seed;
+   - ours (unless --no-sweep-ours) and each zoo model near a target (at or under --near x a runtime's largest
+     target, less --skip-train) in a sweep of --lr-factors x that rate at the first seed, the largest doubled up to
+     --lr-extend times while it is the best; the rate with the best *held-out* top-1 (the validation split carved
+     from the training data, never the test split) is trained at every seed ("best of sweep"), and is the model's
+     figure. Its x1 runs ("same recipe": ours at every seed, a zoo model at the first) are reported beside it.
 4. Report, per runtime and target latency L: our best model measuring at or under L against the best zoo model
    measuring at or under L (mean ± SE over seeds), and `peers.png`: test top-1 against measured latency, one
    panel per runtime, with the Pareto front of each family.
@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--lr-extend",
         type=int,
         default=3,
-        help="while a zoo model's best rate is the sweep's largest, also try twice it (at most this many times)",
+        help="while a model's best rate is the sweep's largest, also try twice it (at most this many times)",
     )
     p.add_argument("--recipe", nargs="*", default=RECIPE, help="overrides shared by every training run")
     p.add_argument(
@@ -192,11 +192,11 @@ def deploy_form(model: torch.nn.Module) -> torch.nn.Module:
 def recipe_cfg(a: argparse.Namespace, seed: int, lr_factor: float, out: Path) -> TrainModelConfig:
     """nas.train's config for the shared recipe (`arch=l1` only fills the required key: the model is the zoo's)."""
     over = ["arch=l1", f"out={out}", f"data={a.data}", f"train.seed={seed}", *a.recipe]
-    base = compose("train", over, TrainModelConfig).train.lr_base
-    return compose("train", [*over, f"train.lr_base={base * lr_factor!r}"], TrainModelConfig)
+    return compose("train", [*over, f"train.lr_base={base_lr(a) * lr_factor!r}"], TrainModelConfig)
 
 
 def base_lr(a: argparse.Namespace) -> float:
+    """The shared recipe's lr_base, which --lr-factors multiply."""
     return compose("train", ["arch=l1", f"data={a.data}", *a.recipe], TrainModelConfig).train.lr_base
 
 
@@ -244,8 +244,9 @@ def time_models(
     Kept in --work (timings_<stage>_<runtime>.json) and reused by a resumed run for the same models and passes."""
     cache = Path(a.work) / f"timings_{stage}_{runtime}.json"
     key = {"models": sorted(models), "passes": a.passes, "threads": a.threads}
-    if cache.is_file() and json.loads(cache.read_text())["key"] == key:
-        return json.loads(cache.read_text())["ms"]
+    stored = json.loads(cache.read_text()) if cache.is_file() else {}
+    if stored.get("key") == key:
+        return stored["ms"]
     ms = _time_models(a, runtime, models)
     atomic_write_text(cache, json.dumps({"key": key, "ms": ms}, indent=1))
     return ms
@@ -280,13 +281,13 @@ def search(a: argparse.Namespace, net: SuperNet, runtime: str, zoo_ms: dict[str,
     """One slimming trajectory of the supernet `net` on `runtime`'s LUT to targets spread over the zoo's latencies
     there."""
     from nas import api
+    from nas.search.bounds import min_latency
+    from nas.search.slimming import SlimConfig
 
     lut = runtime_lut(a, runtime, net.space.name)
     table = LatencyTable.load(lut)
     start = table.predict(net.spec_of(net.derive()))
-    from nas.search.bounds import min_latency
-
-    floor, _ = min_latency(net, table, 16)  # slim.yaml's width_step
+    floor, _ = min_latency(net, table, SlimConfig.width_step)
     lats = sorted(v for v in zoo_ms.values() if v < start) or [start]
     # below the space's floor no target is reachable: the lowest target stays 10% above it
     lo, hi = max(min(lats), 1.1 * floor), max(max(lats), 1.1 * floor)
@@ -362,7 +363,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             row = {"model": name, "family": "ours" if ourselves else family(name)}
             row["arch"] = all_ours[name].describe() if ourselves else name
             # same recipe: ours at every seed, a zoo model at the first (its sweep's x1 run)
-            for seed in a.seeds if ourselves else a.seeds[:1] if 1.0 in a.lr_factors else []:
+            same_seeds = a.seeds if ourselves else a.seeds[:1] if 1.0 in a.lr_factors else []
+            for seed in same_seeds:
                 m = submit(name, seed, 1.0).result()
                 rows.append({**row, "recipe": "same", "lr_factor": 1.0, "seed": seed, "test_top1": m["test_top1"]})
             for seed in a.seeds if name in best else []:
@@ -427,12 +429,10 @@ def long_check(
     lines = [f"[{runtime}] longer recipe ({a.long_epochs} epochs, seed {seed}; otherwise as above):"]
     at = levels(m, ours[runtime])
     for t in sorted({at[0], at[-1]}, reverse=True):
-        mine = m[(m["family"] == "ours") & m["model"].str.endswith(f"({runtime} LUT)") & (m["ms"] <= t)]
-        theirs = m[(m["family"] != "ours") & (m["ms"] <= t)]
-        if not len(mine) or not len(theirs):
+        bm, bt = best_at(m, runtime, t)
+        if bm is None or bt is None:
             lines.append(f"  L={t:g} ms: one side has no model at or under L")
             continue
-        bm, bt = mine.loc[mine["mean"].idxmax()], theirs.loc[theirs["mean"].idxmax()]
         with pool(a.jobs) as ex:
             job_mine = ex.submit(train_ours, longer, json.dumps(specs[bm["model"]].to_dict()), seed, float(bm["lr"]))
             job_theirs = ex.submit(train_zoo, longer, bt["model"], seed, float(bt["lr"]), size)
@@ -499,6 +499,15 @@ def per_model(df: pd.DataFrame, runtime: str) -> pd.DataFrame:
     return best.reset_index(drop=True)
 
 
+def best_at(m: pd.DataFrame, runtime: str, t: float) -> tuple[pd.Series | None, pd.Series | None]:
+    """The best model (mean top-1) measuring at or under `t` on `runtime`: ours (found on this runtime's LUT), and
+    the zoo's; None where a side has none."""
+    mine = m[(m["family"] == "ours") & m["model"].str.endswith(f"({runtime} LUT)") & (m["ms"] <= t)]
+    theirs = m[(m["family"] != "ours") & (m["ms"] <= t)]
+    best = [sub.loc[sub["mean"].idxmax()] if len(sub) else None for sub in (mine, theirs)]
+    return best[0], best[1]
+
+
 def levels(m: pd.DataFrame, targets: dict[float, ArchSpec]) -> list[float]:
     """The latencies L a runtime's comparison is made at, largest first: its targets and, where the zoo is slower
     than all of them (torch eager), the four fastest trained zoo models' latencies too."""
@@ -510,9 +519,9 @@ def levels(m: pd.DataFrame, targets: dict[float, ArchSpec]) -> list[float]:
 def report(df: pd.DataFrame, a: argparse.Namespace, ours: dict[str, dict[float, ArchSpec]], timed: pd.DataFrame) -> str:
     lines = [
         f"Test top-1 (%) at equal measured latency; data {a.data}, recipe {' '.join(a.recipe)}, seeds {a.seeds}; "
-        f"zoo: best of sweep (lr x {a.lr_factors} at the first seed, doubled up to {a.lr_extend} more times while the "
-        "largest is best, chosen on held-out images, then every seed), "
-        "and in brackets the same recipe as ours (the sweep's x1 run, first seed); "
+        f"{'every model' if a.sweep_ours else 'zoo'}: best of sweep (lr x {a.lr_factors} at the first seed, doubled "
+        f"up to {a.lr_extend} more times while the largest is best, chosen on held-out images, then every seed), "
+        "and in brackets its x1 run(s), the recipe's own rate; "
         f"{a.threads} thread(s), batch 1; torch {torch.__version__}"
     ]
     for runtime in a.runtimes:
@@ -528,18 +537,15 @@ def report(df: pd.DataFrame, a: argparse.Namespace, ours: dict[str, dict[float, 
             "best at or under L, ours (found on this runtime's LUT) vs zoo"
         )
         for t in levels(m, ours[runtime]):
-            mine = m[(m["family"] == "ours") & m["model"].str.endswith(f"({runtime} LUT)") & (m["ms"] <= t)]
-            theirs = m[(m["family"] != "ours") & (m["ms"] <= t)]
-            cells = []
-            for sub in (mine, theirs):
-                if len(sub):
-                    b = sub.loc[sub["mean"].idxmax()]
-                    cells.append(f"{b['model']} {b['ms']:.3f} ms {b['mean'] * 100:.2f} ± {b['se'] * 100:.2f}")
-                else:
-                    cells.append("none at or under L")
+            bm, bt = best_at(m, runtime, t)
+            cells = [
+                f"{b['model']} {b['ms']:.3f} ms {b['mean'] * 100:.2f} ± {b['se'] * 100:.2f}"
+                if b is not None
+                else "none at or under L"
+                for b in (bm, bt)
+            ]
             lead = ""
-            if len(mine) and len(theirs):
-                bm, bt = mine.loc[mine["mean"].idxmax()], theirs.loc[theirs["mean"].idxmax()]
+            if bm is not None and bt is not None:
                 se = math.hypot(bm["se"], bt["se"])
                 lead = f"  lead {(bm['mean'] - bt['mean']) * 100:+.2f} ± {se * 100:.2f}"
             lines.append(f"  L={t:g} ms: ours {cells[0]} | zoo {cells[1]}{lead}")
