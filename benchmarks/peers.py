@@ -162,7 +162,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [r for r in a.runtimes if r not in ("onnxruntime", "torch", "executorch")]
     if bad:
         p.error(f"--runtimes: {bad} unknown; choose from onnxruntime, torch, executorch")
+    if any("=" not in x for x in a.lut):
+        p.error(f"--lut takes RUNTIME=PATH, got {[x for x in a.lut if '=' not in x]}")
     a.luts = dict(x.split("=", 1) for x in a.lut)
+    if set(a.skip_train) - set(a.zoo):
+        p.error(f"--skip-train: {sorted(set(a.skip_train) - set(a.zoo))} are not in --zoo")
     if a.jobs > 1:  # the thread count is not part of the recipe (search_quality.same_recipe ignores it)
         a.recipe = [*a.recipe, f"train.threads={max(1, (os.cpu_count() or 1) // a.jobs)}"]
     return a
