@@ -347,21 +347,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         for name in all_ours:  # ours at the recipe's own rate, every seed
             for seed in a.seeds:
                 submit(name, seed, 1.0)
-        for name in swept:
-            for f in a.lr_factors:
-                submit(name, a.seeds[0], f)
-        best = {}
-        for n in swept:  # the rate with the best held-out top-1 at the first seed, then every seed at it
-            sweep = {f: submit(n, a.seeds[0], f).result() for f in a.lr_factors}
-            for _ in range(a.lr_extend):  # the best rate at the sweep's edge: the model may want a larger one
-                top = max(sweep)
-                if max(sweep, key=lambda f: sweep[f]["val_top1"]) != top:
-                    break
-                sweep[2 * top] = submit(n, a.seeds[0], 2 * top).result()
-            best[n] = max(sweep, key=lambda f: sweep[f]["val_top1"])
-            print(f"{n}: sweep val top-1 { ({f: round(m['val_top1'], 4) for f, m in sweep.items()}) }", flush=True)
-            for seed in a.seeds:
-                submit(n, seed, best[n])
+        best = choose_rates(a, swept, submit)
         for name in [*all_ours, *near]:
             ourselves = name in all_ours
             row = {"model": name, "family": "ours" if ourselves else family(name)}
@@ -413,6 +399,33 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     return df
 
 
+def choose_rates(a: argparse.Namespace, swept: list[str], submit) -> dict[str, float]:
+    """Each model's rate: the best held-out top-1 of its sweep at the first seed; while that best is the sweep's
+    largest rate, twice it is tried too (at most --lr-extend times). The chosen rate is then submitted at every
+    seed. Models are decided as their runs finish, so one model's extension does not hold up the others'."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    runs = {n: {f: submit(n, a.seeds[0], f) for f in a.lr_factors} for n in swept}
+    best: dict[str, float] = {}
+    while len(best) < len(swept):
+        for n in swept:
+            if n in best or not all(job.done() for job in runs[n].values()):
+                continue
+            sweep = {f: job.result() for f, job in runs[n].items()}
+            top, chosen = max(sweep), max(sweep, key=lambda f: sweep[f]["val_top1"])
+            if chosen == top and len(sweep) < len(set(a.lr_factors)) + a.lr_extend:
+                runs[n][2 * top] = submit(n, a.seeds[0], 2 * top)  # at the sweep's edge: it may want a larger one
+                continue
+            best[n] = chosen
+            print(f"{n}: sweep val top-1 { ({f: round(m['val_top1'], 4) for f, m in sweep.items()}) }", flush=True)
+            for seed in a.seeds:
+                submit(n, seed, chosen)
+        waiting = [job for n in swept if n not in best for job in runs[n].values() if not job.done()]
+        if waiting:
+            wait(waiting, return_when=FIRST_COMPLETED)
+    return best
+
+
 def long_check(
     a: argparse.Namespace,
     df: pd.DataFrame,
@@ -459,6 +472,9 @@ class _Serial:
 
         def result(self) -> Any:
             return self.value
+
+        def done(self) -> bool:
+            return True
 
     def submit(self, fn, *args):
         return self._Done(fn(*args))

@@ -117,3 +117,30 @@ def test_peers_rejects_a_malformed_lut_or_an_unknown_skipped_model(capsys):
         with pytest.raises(SystemExit) as exit_:
             peers.parse_args(argv)
         assert exit_.value.code == 2 and said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_peers_chooses_each_rate_by_held_out_top1_and_extends_only_at_the_edge(jobs):
+    """A made-up held-out top-1 per (model, rate), so the chosen rates are known by hand: 'peak4' is best at the
+    sweep's edge (x4), so x8 is tried and loses; 'climbs' keeps climbing and stops at the cap (x1, x2, x4 and two
+    doublings: x16); 'inside' peaks at x2 and is not extended. Every seed is then submitted at the chosen rate."""
+    import argparse
+    from concurrent.futures import ThreadPoolExecutor
+
+    import peers
+
+    val = {"peak4": {1: 0.5, 2: 0.6, 4: 0.7, 8: 0.65}, "climbs": {f: f / 100 for f in (1, 2, 4, 8, 16, 32)}}
+    val["inside"] = {1: 0.5, 2: 0.8, 4: 0.7}
+    a = argparse.Namespace(seeds=[0, 1, 2], lr_factors=[1.0, 2.0, 4.0], lr_extend=2)
+    asked: list[tuple[str, int, float]] = []
+    ex = ThreadPoolExecutor(jobs) if jobs > 1 else peers._Serial()
+
+    def submit(name, seed, factor):
+        asked.append((name, seed, factor))
+        return ex.submit(lambda: {"val_top1": val[name][int(factor)]})
+
+    best = peers.choose_rates(a, list(val), submit)
+    assert best == {"peak4": 4.0, "climbs": 16.0, "inside": 2.0}
+    tried = {n: sorted({f for m, s, f in asked if m == n and s == 0}) for n in val}  # the real submit dedups
+    assert tried == {"peak4": [1, 2, 4, 8], "climbs": [1, 2, 4, 8, 16], "inside": [1, 2, 4]}
+    assert all((n, s, best[n]) in asked for n in val for s in (1, 2))
