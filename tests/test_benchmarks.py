@@ -144,3 +144,28 @@ def test_peers_chooses_each_rate_by_held_out_top1_and_extends_only_at_the_edge(j
     tried = {n: sorted({f for m, s, f in asked if m == n and s == 0}) for n in val}  # the real submit dedups
     assert tried == {"peak4": [1, 2, 4, 8], "climbs": [1, 2, 4, 8, 16], "inside": [1, 2, 4]}
     assert all((n, s, best[n]) in asked for n in val for s in (1, 2))
+
+
+def test_peers_best_at_or_under_a_latency_counts_ours_from_this_runtimes_lut_unless_asked():
+    """Hand-made per-model rows on torch: at L = 2.0 ms ours found on the torch LUT is too slow (2.5 ms), so only
+    the model found on the onnxruntime LUT (1.2 ms) is ours' best with any_lut; the zoo's best is the more accurate
+    of the two under L, not the faster."""
+    import pandas as pd
+    import peers
+
+    m = pd.DataFrame(
+        [
+            ("ours 0.2 ms (onnxruntime LUT)", "ours", 1.2, 0.84),
+            ("ours 2.0 ms (torch LUT)", "ours", 2.5, 0.85),
+            ("lcnet_050", "LCNet", 1.9, 0.77),
+            ("mobilenetv3_small_050", "MobileNetV3", 1.95, 0.82),
+            ("mobilenetv3_small_100", "MobileNetV3", 2.2, 0.90),
+        ],
+        columns=["model", "family", "ms", "mean"],
+    )
+    mine, theirs = peers.best_at(m, "torch", 2.0)
+    assert mine is None and theirs["model"] == "mobilenetv3_small_050"
+    mine, _ = peers.best_at(m, "torch", 2.0, any_lut=True)
+    assert mine["model"] == "ours 0.2 ms (onnxruntime LUT)"
+    mine, theirs = peers.best_at(m, "torch", 3.0)
+    assert mine["model"] == "ours 2.0 ms (torch LUT)" and theirs["model"] == "mobilenetv3_small_100"
