@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             {"model": n, "family": family(n), "why": why, **{f"{r}_ms": timings[r][n] for r in a.runtimes}}
             for names, why in (
                 (far, "slower than every target"),
-                (skipped, "near a target; not trained (--skip-train)"),
+                (skipped, "near a target, skipped by --skip-train"),
             )
             for n in names
         ]
