@@ -169,3 +169,28 @@ def test_peers_best_at_or_under_a_latency_counts_ours_from_this_runtimes_lut_unl
     assert mine["model"] == "ours 0.2 ms (onnxruntime LUT)"
     mine, theirs = peers.best_at(m, "torch", 3.0)
     assert mine["model"] == "ours 2.0 ms (torch LUT)" and theirs["model"] == "mobilenetv3_small_100"
+
+
+def test_space_probe_widens_every_stage_by_the_step_and_refuses_an_empty_work_folder(tmp_path, capsys):
+    """x1.5 of widths 32/64/96/128 is 48/96/144/192 by hand; depths, block kinds and the stem are kept, and the
+    widened spec builds and runs. A --work without found architectures is one argparse line and exit 2."""
+    import space_probe
+
+    from supernet.arch import ArchSpec, StageSpec
+    from supernet.model import build_model
+
+    spec = ArchSpec(
+        stages=(StageSpec(32), StageSpec(64, ("4d",)), StageSpec(96, ("3d", "3d")), StageSpec(128, ("4d", "3d"))),
+        input_size=64,
+        num_classes=10,
+        stem_width=16,
+    )
+    wide = space_probe.widened(spec, 1.5)
+    assert [s.width for s in wide.stages] == [48, 96, 144, 192] and wide.stem_width == 16
+    assert [s.blocks for s in wide.stages] == [s.blocks for s in spec.stages]
+    import torch
+
+    assert build_model(wide).eval()(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    with pytest.raises(SystemExit) as exit_:
+        space_probe.parse_args(["--work", str(tmp_path), "--out", str(tmp_path / "p")])
+    assert exit_.value.code == 2 and "no found architectures" in capsys.readouterr().err
