@@ -61,6 +61,7 @@ def peers_figures(csv: str | None) -> dict[str, str]:
     df = pd.read_csv(csv)
     df = df[df["recipe"] == "best of sweep"]
     df["key"] = np.where(df["family"] == "ours", df["arch"], df["model"])
+    df = df.drop_duplicates(["key", "seed"])  # one architecture can be found for two targets: count its runs once
     out = {}
     for key, runs in df.groupby("key"):
         acc = runs["test_top1"]
