@@ -332,18 +332,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     # every model's learning rate is chosen alike (ours too, unless --no-sweep-ours): a sweep at the first seed
     swept = [*(all_ours if a.sweep_ours else []), *near]
     with pool(a.jobs) as ex:
-        futures: dict[tuple[str, int, float], Any] = {}
 
-        def submit(name: str, seed: int, factor: float):
-            """One training run; a run already submitted is not submitted twice (two would share a folder)."""
-            if (name, seed, factor) not in futures:
-                if name in all_ours:
-                    spec_json = json.dumps(all_ours[name].to_dict())
-                    futures[name, seed, factor] = ex.submit(train_ours, a, spec_json, seed, factor)
-                else:
-                    futures[name, seed, factor] = ex.submit(train_zoo, a, name, seed, factor, size)
-            return futures[name, seed, factor]
+        def job(name: str, seed: int, factor: float) -> tuple:
+            if name in all_ours:
+                return train_ours, a, json.dumps(all_ours[name].to_dict()), seed, factor
+            return train_zoo, a, name, seed, factor, size
 
+        submit = once(ex, job)
         for name in all_ours:  # ours at the recipe's own rate, every seed
             for seed in a.seeds:
                 submit(name, seed, 1.0)
@@ -397,6 +392,20 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print(text)
     plot(df, a, prefix.with_suffix(".png"))
     return df
+
+
+def once(ex, job):
+    """`submit(name, seed, factor)` for the executor `ex`: runs `job(name, seed, factor)` (a function and its
+    arguments) and returns its future; a run already submitted is not submitted twice (two would share a folder)."""
+    futures: dict[tuple[str, int, float], Any] = {}
+
+    def submit(name: str, seed: int, factor: float):
+        if (name, seed, factor) not in futures:
+            fn, *args = job(name, seed, factor)
+            futures[name, seed, factor] = ex.submit(fn, *args)
+        return futures[name, seed, factor]
+
+    return submit
 
 
 def choose_rates(a: argparse.Namespace, swept: list[str], submit) -> dict[str, float]:

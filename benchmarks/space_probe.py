@@ -28,7 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
 
-from supernet.arch import ArchSpec  # noqa: E402
+from nas.search.slimming import SlimConfig  # noqa: E402
+from supernet.arch import ArchSpec, StageSpec  # noqa: E402
+from supernet.complexity import count_params  # noqa: E402
 from supernet.files import atomic_write_text  # noqa: E402
 from supernet.model import build_model  # noqa: E402
 
@@ -45,8 +47,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argpa
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--peers-csv", help="that run's peers CSV: the originals' and zoo models' figures, for the report")
     a = p.parse_args(argv)
-    archs = sorted((Path(a.work) / "ours" / "archs").glob("*.yaml"))
-    if not archs:
+    a.archs = sorted((Path(a.work) / "ours" / "archs").glob("*.yaml"))
+    if not a.archs:
         p.error(f"--work {a.work} holds no found architectures (ours/archs/*.yaml): run peers.py there first")
     pa = peers.parse_args(
         ["--work", a.work, "--jobs", str(a.jobs), "--lr-factors", *map(str, a.lr_factors), "--zoo", *a.against]
@@ -71,19 +73,20 @@ def peers_figures(csv: str | None) -> dict[str, str]:
 
 
 def widened(spec: ArchSpec, k: float) -> ArchSpec:
-    """`spec` with every stage's width x k, rounded to the space's 16-channel step."""
-    stages = tuple(s.__class__(width=int(16 * round(s.width * k / 16)), blocks=s.blocks) for s in spec.stages)
-    return spec.replace(stages=stages)
+    """`spec` with every stage's width x k, rounded to the slimmer's width step (16 channels)."""
+    step = SlimConfig.width_step
+    return spec.replace(stages=tuple(StageSpec(int(step * round(s.width * k / step)), s.blocks) for s in spec.stages))
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     a, pa = parse_args(argv)
-    originals = {f"ours {p.stem}": ArchSpec.load(p) for p in sorted((Path(a.work) / "ours" / "archs").glob("*.yaml"))}
+    originals = {f"ours {p.stem}": ArchSpec.load(p) for p in a.archs}
     wide = {f"{n} x{a.widen:g} wide": widened(s, a.widen) for n, s in originals.items()}
+    ours = {**originals, **wide}
     size = next(iter(originals.values())).input_size
     classes = next(iter(originals.values())).num_classes
     torch.manual_seed(0)
-    models = {n: (build_model(s).eval().fuse(), size) for n, s in {**originals, **wide}.items()}
+    models = {n: (build_model(s).eval().fuse(), size) for n, s in ours.items()}
     models.update({n: (peers.deploy_form(peers.zoo_model(n, classes, size)), size) for n in a.against})
     ms = peers.time_models(pa, a.runtime, models, f"probe_x{a.widen:g}")
     limit = max(ms[n] for n in a.against)
@@ -92,13 +95,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     specs = {n: json.dumps(wide[n].to_dict()) for n in under}
     rows = []
     with peers.pool(a.jobs) as ex:
-        futures: dict = {}
-
-        def submit(name: str, seed: int, factor: float):
-            if (name, seed, factor) not in futures:
-                futures[name, seed, factor] = ex.submit(peers.train_ours, pa, specs[name], seed, factor)
-            return futures[name, seed, factor]
-
+        submit = peers.once(ex, lambda name, seed, factor: (peers.train_ours, pa, specs[name], seed, factor))
         best = peers.choose_rates(pa, under, submit)
         for n in under:
             for seed in pa.seeds:
@@ -115,17 +112,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         f"{' '.join(pa.recipe)}, seeds {pa.seeds}; test top-1 mean ± SE (*: from {a.peers_csv}, its own run)"
     ]
     for n in sorted(ms, key=ms.get):
-        spec = {**originals, **wide}.get(n)
-        what = spec.describe() if spec is not None else "zoo"
-        params = sum(p.numel() for p in models[n][0].parameters()) / 1e6
+        key = ours[n].describe() if n in ours else n  # peers_figures' key: ours by architecture, the zoo by name
+        params = count_params(models[n][0]) / 1e6
         acc = df[df["model"] == n]["test_top1"]
         if len(acc):
             fig = f"{acc.mean() * 100:6.2f} ± {acc.std() / math.sqrt(len(acc)) * 100:.2f} lr x{best[n]:g} "
-        elif (what if spec is not None else n) in earlier:
-            fig = earlier[what if spec is not None else n] + "*"
+        elif key in earlier:
+            fig = earlier[key] + "*"
         else:
             fig = f"{'not trained':<22}"
-        lines.append(f"  {n:<34}{ms[n]:>7.3f} ms {params:6.2f}M  {fig}  {what}")
+        lines.append(f"  {n:<34}{ms[n]:>7.3f} ms {params:6.2f}M  {fig}  {key if n in ours else 'zoo'}")
     text = "\n".join(lines)
     atomic_write_text(prefix.with_suffix(".txt"), text + "\n")
     print(text)

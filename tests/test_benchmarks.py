@@ -175,6 +175,7 @@ def test_space_probe_widens_every_stage_by_the_step_and_refuses_an_empty_work_fo
     """x1.5 of widths 32/64/96/128 is 48/96/144/192 by hand; depths, block kinds and the stem are kept, and the
     widened spec builds and runs. A --work without found architectures is one argparse line and exit 2."""
     import space_probe
+    import torch
 
     from supernet.arch import ArchSpec, StageSpec
     from supernet.model import build_model
@@ -188,8 +189,6 @@ def test_space_probe_widens_every_stage_by_the_step_and_refuses_an_empty_work_fo
     wide = space_probe.widened(spec, 1.5)
     assert [s.width for s in wide.stages] == [48, 96, 144, 192] and wide.stem_width == 16
     assert [s.blocks for s in wide.stages] == [s.blocks for s in spec.stages]
-    import torch
-
     assert build_model(wide).eval()(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     with pytest.raises(SystemExit) as exit_:
         space_probe.parse_args(["--work", str(tmp_path), "--out", str(tmp_path / "p")])
