@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argpa
     p.add_argument("--peers-csv", help="that run's peers CSV: the originals' and zoo models' figures, for the report")
     a = p.parse_args(argv)
     a.archs = sorted((Path(a.work) / "ours" / "archs").glob("*.yaml"))
+    if a.peers_csv and not Path(a.peers_csv).is_file():
+        p.error(f"--peers-csv {a.peers_csv}: no such file")
     if not a.archs:
         p.error(f"--work {a.work} holds no found architectures (ours/archs/*.yaml): run peers.py there first")
     pa = peers.parse_args(

@@ -173,7 +173,8 @@ def test_peers_best_at_or_under_a_latency_counts_ours_from_this_runtimes_lut_unl
 
 def test_space_probe_widens_every_stage_by_the_step_and_refuses_an_empty_work_folder(tmp_path, capsys):
     """x1.5 of widths 32/64/96/128 is 48/96/144/192 by hand; depths, block kinds and the stem are kept, and the
-    widened spec builds and runs. A --work without found architectures is one argparse line and exit 2."""
+    widened spec builds and runs. A --work without found architectures, or a missing --peers-csv, is one argparse
+    line and exit 2."""
     import space_probe
     import torch
 
@@ -190,6 +191,7 @@ def test_space_probe_widens_every_stage_by_the_step_and_refuses_an_empty_work_fo
     assert [s.width for s in wide.stages] == [48, 96, 144, 192] and wide.stem_width == 16
     assert [s.blocks for s in wide.stages] == [s.blocks for s in spec.stages]
     assert build_model(wide).eval()(torch.randn(1, 3, 64, 64)).shape == (1, 10)
-    with pytest.raises(SystemExit) as exit_:
-        space_probe.parse_args(["--work", str(tmp_path), "--out", str(tmp_path / "p")])
-    assert exit_.value.code == 2 and "no found architectures" in capsys.readouterr().err
+    for extra, said in (([], "no found architectures"), (["--peers-csv", str(tmp_path / "no.csv")], "no such file")):
+        with pytest.raises(SystemExit) as exit_:
+            space_probe.parse_args(["--work", str(tmp_path), "--out", str(tmp_path / "p"), *extra])
+        assert exit_.value.code == 2 and said in capsys.readouterr().err
