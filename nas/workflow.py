@@ -171,5 +171,6 @@ def run_pipeline(
     metrics = json.loads((train_dir / "metrics.json").read_text())
     report = {"target_ms": target_ms, "init": init, "overrides": overrides, "wall_s": steps.wall_s, "export": exported}
     report.update({k: metrics[k] for k in ("test_top1", "predicted_ms", "params_M", "MACs_M")}, arch=str(arch))
+    report["precision"] = metrics.get("precision")  # what train.amp resolved to (None: a run from before it was kept)
     atomic_write_text(steps.out / "pipeline.json", json.dumps(report, indent=2, default=str))
     return report

@@ -3,6 +3,8 @@
 same seed), gradient clipping (the gradient norm the optimizer steps with) and hard distillation (the DeiT loss
 computed by hand from the two heads and the teacher)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,26 +146,61 @@ def test_hard_distillation_loss_is_deits_from_both_heads_and_the_teacher(tmp_pat
     assert abs(loss.item() - F.cross_entropy(cls, y).item()) > 1e-3  # the teacher's term matters
 
 
-def test_bf16_autocast_runs_in_bf16_and_follows_the_fp32_loss_curve(tmp_path):
+def test_bf16_autocast_runs_in_bf16_and_follows_the_fp32_loss_curve(tmp_path, monkeypatch):
     """`train.amp=bf16`: the convolutions and matmuls run in bf16 (seen inside the model), and two epochs from the
     same seed end within 0.05 nats of fp32's per-epoch training loss (bf16 keeps 8 mantissa bits: about 0.4% per
-    op); `auto` on the CPU is plain fp32, bit for bit."""
+    op). `auto` on the CPU is bf16 to the bit where the CPU has bf16 instructions, and plain fp32 to the bit where
+    it has not (both cases made here by patching the CPU probe)."""
+    import nas.training.trainer as trainer_mod
+
     dtypes = []
     runs = {}
-    for amp in ("off", "bf16", "auto"):
+    for amp, native in (("off", False), ("bf16", False), ("auto", False), ("auto", True)):
+        monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda native=native: native)
+        key = f"{amp}{'+native' if native else ''}"
         torch.manual_seed(0)
-        tr = trainer(tmp_path / amp, amp=amp, epochs=2, lr_base=4e-3)
+        tr = trainer(tmp_path / key, amp=amp, epochs=2, lr_base=4e-3)
         conv = next(m for m in tr.model.modules() if isinstance(m, torch.nn.Conv2d))
-        hook = conv.register_forward_hook(lambda m, a, out, amp=amp: dtypes.append((amp, out.dtype)))
-        runs[amp] = [tr.train_one_epoch(e)["train_loss"] for e in range(2)]
+        hook = conv.register_forward_hook(lambda m, a, out, key=key: dtypes.append((key, out.dtype)))
+        runs[key] = [tr.train_one_epoch(e)["train_loss"] for e in range(2)]
         hook.remove()
-    assert {d for a, d in dtypes if a == "bf16"} == {torch.bfloat16}
-    assert {d for a, d in dtypes if a != "bf16"} == {torch.float32}
-    assert runs["auto"] == runs["off"]
+        assert tr.precision == ("bf16" if amp == "bf16" or native else "fp32")
+    assert {d for k, d in dtypes if k in ("bf16", "auto+native")} == {torch.bfloat16}
+    assert {d for k, d in dtypes if k in ("off", "auto")} == {torch.float32}
+    assert runs["auto"] == runs["off"] and runs["auto+native"] == runs["bf16"]
     assert runs["bf16"] != runs["off"] and runs["bf16"] == pytest.approx(runs["off"], abs=0.05)
     assert runs["off"][1] < runs["off"][0] - 0.1  # it learned: the comparison is over a falling curve
     with pytest.raises(TrainingError, match="train.amp='fp8'; choose one of auto, bf16, off"):
         trainer(tmp_path / "bad", amp="fp8")
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="reads the CPU flags from Linux's /proc/cpuinfo")
+def test_the_bf16_probe_agrees_with_the_kernels_cpu_flags():
+    """`train.amp=auto` picks bf16 on the CPU exactly where the kernel lists a bf16 instruction set."""
+    from nas.training.trainer import cpu_has_native_bf16
+
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    assert cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def test_test_accuracy_is_measured_in_fp32_after_bf16_training(tmp_path):
+    """`evaluate(..., fp32=True)` (the test top-1 that nas.train reports) runs the model in fp32 under train.amp=bf16,
+    and gives the same top-1 as a trainer with autocast off on the same weights."""
+    tr = trainer(tmp_path / "bf16", amp="bf16")
+    ref = trainer(tmp_path / "off", amp="off")
+    ref.model.load_state_dict(tr.model.state_dict())
+    conv = next(m for m in tr.model.modules() if isinstance(m, torch.nn.Conv2d))
+    dtypes = []
+    hook = conv.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+    top1 = tr.evaluate(tr.val_loader, fp32=True)
+    assert set(dtypes) == {torch.float32}
+    tr.evaluate(tr.val_loader)
+    hook.remove()
+    assert dtypes[-1] == torch.bfloat16  # without fp32=True the same call runs under the run's bf16
+    assert top1 == ref.evaluate(ref.val_loader)
 
 
 def test_channels_last_trains_the_same_model(tmp_path):

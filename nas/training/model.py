@@ -111,7 +111,8 @@ def train_model(cfg: TrainModelConfig, dist_info: DistInfo | None = None) -> Pat
     report = {
         "arch": cfg.arch,
         "init": cfg.init,
-        "test_top1": trainer.evaluate(test_loader, final),
+        "test_top1": trainer.evaluate(test_loader, final, fp32=True),  # as exported, whatever it trained in
+        "precision": trainer.precision,
         "val_top1": metrics[-1]["val_acc"] if metrics else None,
         "params_M": count_params(model) / 1e6,
         "MACs_M": sum(count_macs(model, spec.input_size, spec.in_chans).values()) / 1e6,

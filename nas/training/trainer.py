@@ -44,14 +44,23 @@ class TrainingError(UserError):
 AMP = ("auto", "bf16", "off")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), as oneDNN uses it; a CPU without either
+    emulates bf16, which was not measured to help."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch's own cpuinfo probes
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """`train.amp` on `device`: bf16 autocast, or None for fp32. `auto` is bf16 on CUDA (timm's --amp habit) and off
-    on the CPU: bf16 was faster on an AMD EPYC with avx512_bf16 (benchmarks/README.md section 5), but a CPU without
-    bf16 instructions emulates it; `bf16` opts in."""
+    """`train.amp` on `device`: bf16 autocast, or None for fp32. `auto` is bf16 on CUDA (timm's --amp habit) and on a
+    CPU with bf16 instructions (with channels-last, a hard supernet step took 0.54-0.59x the NCHW fp32 step on a 2-core
+    AMD EPYC: benchmarks/README.md section 5), fp32 on any other CPU; `bf16` and `off` force either."""
     if amp not in AMP:
         raise TrainingError(f"train.amp={amp!r}; choose one of {', '.join(AMP)}")
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native else None
     return torch.bfloat16 if amp == "bf16" else None
 
 
@@ -83,8 +92,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2  # torch intra-op threads; 0 keeps torch's default
     device: str = "auto"  # auto: this rank's CUDA device when there is one, else cpu; or cpu / cuda / cuda:N
-    amp: str = "auto"  # bf16 autocast: auto (on CUDA, off on the CPU: CPUs differ in bf16 support), bf16, off
-    channels_last: bool = False  # NHWC memory format for the model and its inputs (what GPUs' convolutions prefer)
+    amp: str = "auto"  # bf16 autocast: auto (on CUDA and on CPUs with bf16 instructions, else fp32), bf16, off
+    channels_last: bool = True  # NHWC model and inputs: oneDNN's and cuDNN's preferred layout for convolutions
     eval_batch_size: int = 256
     stop_after_epochs: int = 0  # >0: stop this invocation after N epochs (to interrupt a run; resume= continues)
 
@@ -188,6 +197,14 @@ class Trainer:
         self.autocast = autocast_dtype(cfg.amp, self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=self.memory_format)
+        if self.dist.is_main:
+            log.info(
+                "training on %s in %s (train.amp=%s), %s",
+                self.device,
+                self.precision,
+                cfg.amp,
+                "channels-last" if cfg.channels_last else "NCHW",
+            )
         self.train_loader = self._train_loader()
         self.val_loader = DataLoader(splits.val, batch_size=cfg.eval_batch_size, shuffle=False)
         self.steps_per_epoch = len(self.train_loader)
@@ -323,9 +340,14 @@ class Trainer:
         x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
         return x, y.to(self.device, non_blocking=True)
 
-    def autocast_context(self):
+    @property
+    def precision(self) -> str:
+        """What `train.amp` resolved to on this device: "bf16" or "fp32"."""
+        return "bf16" if self.autocast is not None else "fp32"
+
+    def autocast_context(self, enabled: bool = True):
         """torch's autocast in `train.amp`'s dtype (a no-op when it is off); the loss itself runs in fp32."""
-        enabled = self.autocast is not None
+        enabled = enabled and self.autocast is not None
         return torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=enabled)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,14 +407,15 @@ class Trainer:
         return {"train_loss": tot_loss / max(n, 1), "train_acc": tot_acc / max(n, 1)}
 
     @torch.no_grad()
-    def evaluate(self, loader: DataLoader, model: nn.Module | None = None) -> float:
+    def evaluate(self, loader: DataLoader, model: nn.Module | None = None, fp32: bool = False) -> float:
+        """Top-1 over `loader`, under `train.amp`'s autocast unless `fp32` (the precision a model is exported in)."""
         model = model or (self.ema.module if self.ema is not None else self.model)
         was_training = model.training
         model.eval()
         correct, total = 0, 0
         for x, y in loader:
             x, y = self.to_device(x, y)
-            with self.autocast_context():
+            with self.autocast_context(enabled=not fp32):
                 correct += (model(x).argmax(-1) == y).sum().item()
             total += len(y)
         model.train(was_training)
