@@ -4,6 +4,7 @@
     python benchmarks/supernet_step.py --batch 128 --rounds 20
     python benchmarks/supernet_step.py --space l7 --device cuda     # 224 px, batch 64, with peak GPU memory
     python benchmarks/supernet_step.py --amp                # each contender also under bf16 autocast (train.amp)
+    python benchmarks/supernet_step.py --amp --channels-last        # ... and each of those also in NHWC
 
 Every contender does a full training step (forward, cross-entropy, backward, AdamW step) on the same batch.
 They are timed side by side in one process: after warm-up, each round runs every contender `--per-round`
@@ -14,7 +15,8 @@ synchronisation (so the wall time is the GPU's), and the peak memory of each con
 Contenders: the supernet in soft mode (every branch of every MetaPath runs), in hard mode (straight-through
 Gumbel: one branch per MetaPath), and standalone `build_model` networks of the two largest paths (every
 MetaPath MB4D; and stages 3-4 all MB3D). With `--amp`, each contender also runs as a copy under bf16 autocast
-(what `train.amp=bf16` does), in the same shuffled rounds.
+(what `train.amp=bf16` does), in the same shuffled rounds. With `--channels-last`, every contender also runs as a copy
+whose weights and batch are in NHWC (`train.channels_last=true`); with both flags, also bf16 and NHWC together.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--per-round", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--amp", action="store_true", help="add a bf16-autocast copy of every contender")
+    p.add_argument(
+        "--channels-last", action="store_true", help="add an NHWC copy of every contender (and of its bf16 copy)"
+    )
     return p.parse_args()
 
 
@@ -64,12 +69,19 @@ def contenders(space) -> dict[str, nn.Module]:
     }
 
 
+def variant(name: str) -> str:
+    """The part of a contender's name in brackets: "bf16", "channels-last", "bf16, channels-last" or ""."""
+    return name[name.index("(") + 1 : -1] if name.endswith(")") else ""
+
+
 class Stepper:
     """One timed training step (forward, backward, AdamW) of each contender on a fixed batch."""
 
     def __init__(self, models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor):
         self.models, self.x, self.y = models, x, y
-        self.bf16 = {k: k.endswith("(bf16)") for k in models}
+        self.bf16 = {k: "bf16" in variant(k) for k in models}
+        self.nhwc = {k: "channels-last" in variant(k) for k in models}
+        self.x_nhwc = x.contiguous(memory_format=torch.channels_last)
         self.opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
         self.cuda = x.device.type == "cuda"
 
@@ -78,7 +90,7 @@ class Stepper:
         m.train()
         t0 = time.perf_counter()
         with torch.autocast(self.x.device.type, dtype=torch.bfloat16, enabled=self.bf16[name]):
-            loss = F.cross_entropy(m(self.x), self.y)
+            loss = F.cross_entropy(m(self.x_nhwc if self.nhwc[name] else self.x), self.y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -111,8 +123,15 @@ def main() -> None:
     torch.manual_seed(0)
     space = compose("train_supernet", [f"space={a.space}"], TrainSupernetConfig).space
     models = {k: m.to(dev) for k, m in contenders(space).items()}
+    base = dict(models)
     if a.amp:
-        models.update({f"{k} (bf16)": copy.deepcopy(m) for k, m in models.items()})
+        models.update({f"{k} (bf16)": copy.deepcopy(m) for k, m in base.items()})
+    if a.channels_last:
+        tags = ["channels-last"] + (["bf16, channels-last"] if a.amp else [])
+        for tag in tags:
+            models.update(
+                {f"{k} ({tag})": copy.deepcopy(m).to(memory_format=torch.channels_last) for k, m in base.items()}
+            )
     x = torch.randn(a.batch, 3, space.input_size, space.input_size, device=dev)
     step = Stepper(models, x, torch.randint(0, 10, (a.batch,), device=dev))
     for name in models:
@@ -126,11 +145,11 @@ def main() -> None:
         f"space={space.name} input={space.input_size}px batch={a.batch} on {where} "
         f"({a.rounds} shuffled rounds x {a.per_round} steps; torch {torch.__version__})"
     )
-    print(f"{'contender':<40}{'median ms':>11}{'p25-p75 ms':>17}{'ratio':>8}" + (f"{'peak GiB':>10}" if peak else ""))
+    print(f"{'contender':<52}{'median ms':>11}{'p25-p75 ms':>17}{'ratio':>8}" + (f"{'peak GiB':>10}" if peak else ""))
     for name, t in times.items():
         med, p25, p75 = np.median(t), np.percentile(t, 25), np.percentile(t, 75)
         mem = f"{peak[name]:>10.2f}" if peak else ""
-        print(f"{name:<40}{med:>11.1f}{f'{p25:.1f}-{p75:.1f}':>17}{med / base:>8.2f}{mem}")
+        print(f"{name:<52}{med:>11.1f}{f'{p25:.1f}-{p75:.1f}':>17}{med / base:>8.2f}{mem}")
 
 
 if __name__ == "__main__":
