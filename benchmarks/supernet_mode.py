@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,17 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import search_cost  # noqa: E402
 import search_quality  # noqa: E402
+from main_job import STEPS, abba, run_main_jobs  # noqa: E402
 
 from nas.config import setup_logging  # noqa: E402
 from nas.search.evolution import EvolutionConfig  # noqa: E402
 from nas.search.state import first_at_or_below  # noqa: E402
 from nas.search.targets import emitted  # noqa: E402
-from supernet.arch import ArchSpec  # noqa: E402
 from supernet.files import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = {"soft": "false", "hard": "true"}
-STEPS = ["train_supernet", "build_lut", "slim", "train", "export"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,11 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def runs(a: argparse.Namespace) -> list[tuple[str, int]]:
     """(mode, seed) in ABBA order: soft, hard for the first seed, hard, soft for the next, ..."""
-    order = []
-    for i, seed in enumerate(a.seeds):
-        modes = ["soft", "hard"] if i % 2 == 0 else ["hard", "soft"]
-        order += [(m, seed) for m in modes]
-    return order
+    return abba(list(MODES), a.seeds)
 
 
 def run_dir(a: argparse.Namespace, mode: str, seed: int) -> Path:
@@ -84,31 +78,9 @@ def run_dir(a: argparse.Namespace, mode: str, seed: int) -> Path:
 
 
 def pipelines(a: argparse.Namespace) -> pd.DataFrame:
-    rows = []
-    for mode, seed in runs(a):
-        out = run_dir(a, mode, seed)
-        if not (out / "pipeline.json").is_file():
-            cmd = [sys.executable, "-m", "nas.pipeline", "--target-ms", str(a.target_ms), "--out", str(out)]
-            cmd += [f"supernet.hard={MODES[mode]}", f"train.seed={seed}", *a.overrides]
-            print("$", " ".join(cmd[1:]), flush=True)
-            t0 = time.time()
-            subprocess.run(cmd, check=True)
-            print(f"{mode} seed {seed}: {time.time() - t0:.0f} s", flush=True)
-        rep = json.loads((out / "pipeline.json").read_text())
-        arch = ArchSpec.load(rep["arch"])
-        rows.append(
-            {
-                "mode": mode,
-                "seed": seed,
-                **{f"{k}_s": rep["wall_s"].get(k, float("nan")) for k in STEPS},
-                "total_s": sum(rep["wall_s"].values()),
-                "test_top1": rep["test_top1"],
-                "predicted_ms": rep["predicted_ms"],
-                "params_M": rep["params_M"],
-                "arch": arch.describe(),
-            }
-        )
-    return pd.DataFrame(rows)
+    variants = {mode: [f"supernet.hard={hard}"] for mode, hard in MODES.items()}
+    df = run_main_jobs(variants, a.seeds, Path(a.work), a.target_ms, a.overrides)
+    return df.rename(columns={"variant": "mode"}).drop(columns=["precision"])
 
 
 def quality(a: argparse.Namespace) -> pd.DataFrame:
