@@ -186,6 +186,17 @@ def test_the_bf16_probe_agrees_with_the_kernels_cpu_flags():
     assert cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def test_forced_bf16_on_a_cpu_without_bf16_instructions_warns_once(tmp_path, monkeypatch, caplog):
+    import nas.training.trainer as trainer_mod
+
+    for native in (True, False):
+        monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda native=native: native)
+        caplog.clear()
+        trainer(tmp_path / str(native), amp="bf16")
+        warned = [r for r in caplog.records if r.levelname == "WARNING" and "emulates" in r.getMessage()]
+        assert len(warned) == (0 if native else 1)
+
+
 def test_test_accuracy_is_measured_in_fp32_after_bf16_training(tmp_path):
     """`evaluate(..., fp32=True)` (the test top-1 that nas.train reports) runs the model in fp32 under train.amp=bf16,
     and gives the same top-1 as a trainer with autocast off on the same weights."""
