@@ -46,6 +46,17 @@ def abba(variants: list[str], seeds: list[int]) -> list[tuple[str, int]]:
     return order
 
 
+def run_dir(work: str | Path, name: str, seed: int) -> Path:
+    """Where the run of variant `name` at `seed` is kept."""
+    return Path(work) / f"{name}-s{seed}"
+
+
+def missing_runs(variants: list[str], seeds: list[int], work: str | Path) -> list[Path]:
+    """The run folders, in ABBA order, that hold no finished main job (no `pipeline.json`)."""
+    runs = [run_dir(work, name, seed) for name, seed in abba(variants, seeds)]
+    return [r for r in runs if not (r / "pipeline.json").is_file()]
+
+
 def run_main_jobs(
     variants: dict[str, list[str]], seeds: list[int], work: Path, target_ms: float = 1.0, extra: list[str] = ()
 ) -> pd.DataFrame:
@@ -53,7 +64,7 @@ def run_main_jobs(
     `pipeline.json`: each step's wall time, the total, the test top-1 and what was found."""
     rows = []
     for name, seed in abba(list(variants), seeds):
-        out = Path(work) / f"{name}-s{seed}"
+        out = run_dir(work, name, seed)
         if not (out / "pipeline.json").is_file():
             cmd = [sys.executable, "-m", "nas.pipeline", "--target-ms", str(target_ms), "--out", str(out)]
             cmd += [*variants[name], f"train.seed={seed}", *extra]
@@ -118,13 +129,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     if a.report:
-        missing = [
-            f"{v}-s{s}"
-            for v, s in abba(list(VARIANTS), a.seeds)
-            if not (Path(a.work) / f"{v}-s{s}" / "pipeline.json").is_file()
-        ]
+        missing = missing_runs(list(VARIANTS), a.seeds, a.work)
         if missing:
-            raise SystemExit(f"error: --report needs the runs under {a.work}; missing: {', '.join(missing)}")
+            names = ", ".join(r.name for r in missing)
+            raise SystemExit(f"error: --report needs the runs under {a.work}; missing: {names}")
     df = run_main_jobs(VARIANTS, a.seeds, Path(a.work), a.target_ms, a.overrides)
     title = f"The main job (nas.pipeline --target-ms {a.target_ms:g} {' '.join(a.overrides)}), one fresh run per row"
     text = report(df, "fp32-nchw", title)

@@ -37,6 +37,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import main_job  # noqa: E402
 import search_cost  # noqa: E402
 import search_quality  # noqa: E402
 from main_job import STEPS, abba, run_main_jobs  # noqa: E402
@@ -74,7 +75,7 @@ def runs(a: argparse.Namespace) -> list[tuple[str, int]]:
 
 
 def run_dir(a: argparse.Namespace, mode: str, seed: int) -> Path:
-    return Path(a.work) / f"{mode}-s{seed}"
+    return main_job.run_dir(a.work, mode, seed)
 
 
 def pipelines(a: argparse.Namespace) -> pd.DataFrame:
@@ -217,9 +218,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def pipelines_done(a: argparse.Namespace) -> pd.DataFrame:
-    missing = [str(run_dir(a, m, s)) for m, s in runs(a) if not (run_dir(a, m, s) / "pipeline.json").is_file()]
+    missing = main_job.missing_runs(list(MODES), a.seeds, a.work)
     if missing:
-        raise SystemExit(f"error: --stage quality needs the pipeline runs; missing: {', '.join(missing)}")
+        raise SystemExit(f"error: --stage quality needs the pipeline runs; missing: {', '.join(map(str, missing))}")
     return pipelines(a)
 
 

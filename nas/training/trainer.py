@@ -197,9 +197,9 @@ class Trainer:
         self.autocast = autocast_dtype(cfg.amp, self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=self.memory_format)
-        if self.dist.is_main and cfg.amp == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
-            log.warning("train.amp=bf16 on a CPU without bf16 instructions: torch emulates it, which may be slower")
         if self.dist.is_main:
+            if cfg.amp == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+                log.warning("train.amp=bf16 on a CPU without bf16 instructions: torch emulates it, which may be slower")
             log.info(
                 "training on %s in %s (train.amp=%s), %s",
                 self.device,
