@@ -12,7 +12,9 @@ action each, with the independent protocol on (`independent=true`). Reported for
 
 * the chosen correction and its leave-one-out error, and how much the machine's speed varied during the build;
 * within +-10% as built, the drift since the build, within +-10% with each group's drift removed ('now'), Spearman
-  and the worst error, as built and now;
+  and the worst error, as built and now; within +-10% as built over the networks whose own group drifted by less
+  than 3% ('steady', with their count);
+* the host gate during the build: the share of group passes it measured again because the host ran slow;
 * the independent protocol (each network alone, back-to-back runs, shuffled blocks): within +-10% with its
   global drift removed, and its distance from the build's protocol against its own spread;
 * the per-row disagreement between a configuration's builds.
@@ -24,6 +26,8 @@ Builds and validations run one after another, never two timings at once. Output:
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 import sys
 import tempfile
 import time
@@ -63,7 +67,8 @@ def build_and_validate(
     build, validate = overrides(config, a.space)
     build, validate = build + a.measure, validate + [o for o in a.measure if o.startswith(("measure.", "space."))]
     t0 = time.time()
-    build_lut(compose("build_lut", [*build, f"out={lut}"], BuildLUTConfig))
+    with GateLine() as gate:
+        build_lut(compose("build_lut", [*build, f"out={lut}"], BuildLUTConfig))
     build_s, t0 = time.time() - t0, time.time()
     more = [f"lut={lut}", f"samples={a.samples}", "action_pairs=10", "independent=true", *a.validate]
     df = validate_lut(compose("validate_lut", [*validate, *more], ValidateLUTConfig))
@@ -78,7 +83,38 @@ def build_and_validate(
     row.update(within10_alone=alone["within_10pct"], spearman_alone=alone["spearman"], alone_drift=f["alone_drift"])
     row.update(alone_gap=f["alone_agreement"]["median_gap"], alone_spread=f["alone_agreement"]["median_spread"])
     row.update(sign_agree=f["actions"]["sign_agree"], networks=len(df))
+    steady = f.get("steady", {"within_10pct": np.nan, "networks": 0})
+    row.update(within10_steady=steady["within_10pct"], steady_networks=steady["networks"], **gate.counts())
     return row, table, df
+
+
+class GateLine(logging.Handler):
+    """Catches the build's 'host gate: R of P group passes ... S stayed slow' line (latency_lut/build.py)."""
+
+    PATTERN = re.compile(r"host gate: (\d+) of (\d+) group passes .*; (\d+) stayed slow")
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.match = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.match = self.PATTERN.search(record.getMessage()) or self.match
+
+    def __enter__(self) -> GateLine:
+        logger = logging.getLogger("latency_lut.build")
+        self.level = logger.level
+        logger.setLevel(logging.INFO)  # this script does not set up logging: INFO would be dropped before handlers
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logger = logging.getLogger("latency_lut.build")
+        logger.removeHandler(self)
+        logger.setLevel(self.level)
+
+    def counts(self) -> dict[str, int]:
+        r, p, s = map(int, self.match.groups()) if self.match else (0, 0, 0)
+        return {"gate_remeasured": r, "gate_passes": p, "gate_still_slow": s}
 
 
 def row_spread(tables: list[LatencyTable]) -> float:
@@ -120,14 +156,19 @@ def main() -> None:
         "config = backend:threads:input:batch; host = the machine's variation during the build (calibration visits);",
         "cal = predict as built; now = each group's drift removed (its reference networks); alone = the independent",
         "protocol with its global drift removed; gap = its median distance from the build's protocol (spread: its own)",
+        "steady = as built, over the networks whose group drifted < 3% (count); gate = the share of the build's group",
+        "passes that the host gate measured again (the host ran > 10% slow)",
         "",
-        f"{'config':<20}{'b':>2}{'correction':>11}{'cv err':>7}{'host':>6}{'drift':>7}{'±10% cal':>9}{'±10% now':>9}"
+        f"{'config':<20}{'b':>2}{'correction':>11}{'cv err':>7}{'host':>6}{'gate':>6}{'drift':>7}{'±10% cal':>9}"
+        f"{'steady':>11}{'±10% now':>9}"
         f"{'ρ cal':>7}{'ρ now':>7}{'worst now':>10}{'±10% alone':>11}{'gap':>6}{'spread':>7}{'sign':>6}{'rows±':>7}",
     ]
     for r in rows:
+        gate = r["gate_remeasured"] / r["gate_passes"] * 100 if r["gate_passes"] else float("nan")
         lines.append(
             f"{r['config']:<20}{r['build']:>2}{r['correction']:>11}{r['cv_error'] * 100:>6.1f}%"
-            f"{r['host_variation'] * 100:>5.1f}%{r['drift'] * 100:>+6.1f}%{r['within10_cal'] * 100:>8.0f}%"
+            f"{r['host_variation'] * 100:>5.1f}%{gate:>5.0f}%{r['drift'] * 100:>+6.1f}%{r['within10_cal'] * 100:>8.0f}%"
+            f"{r['within10_steady'] * 100:>6.0f}% ({r['steady_networks']:>2})"
             f"{r['within10_now'] * 100:>8.0f}%{r['spearman_cal']:>7.3f}{r['spearman_now']:>7.3f}{r['worst_now']:>9.1f}%"
             f"{r['within10_alone'] * 100:>10.0f}%{r['alone_gap'] * 100:>5.1f}%{r['alone_spread'] * 100:>6.1f}%"
             f"{r['sign_agree'] * 100:>5.0f}%{spreads[r['config']]:>6.1f}%"

@@ -130,7 +130,8 @@ def build_lut(cfg: BuildLUTConfig) -> Path:
     if CALL_KEY not in done:
         todo.append(CALL)
     with tqdm(total=len(todo), desc=f"measuring ({backend.name})", unit="item", dynamic_ncols=True) as bar:
-        measure_items(todo, spec, backend, cfg.measure, cfg.batch, on_group, bar)
+        gate = measure_items(todo, spec, backend, cfg.measure, cfg.batch, on_group, bar)
+    log.info(gate.describe(cfg.measure.gate_pct))
     return finish(out)
 
 

@@ -11,7 +11,9 @@ latency at build time the table holds (`measure_networks(references=...)`). Thei
 machine's drift since the build, read per group: 'recalibrated now' compares each network, divided by its own
 group's drift, with `predict`, so that a slow period of the host that covers one group cancels instead of
 deciding. The median over the held-out networks of their groups' drift is the global drift, printed beside the
-as-built figures (the held-out networks stay out of every fit).
+as-built figures (the held-out networks stay out of every fit). The as-built figures are also given over the
+networks whose own group drifted by less than `STEADY_DRIFT` ('as built, steady groups'): how the table predicts
+while the machine runs as it did during the build.
 
 Independent protocol (`independent=true`): the same held-out networks, and the calibration networks for the
 drift, timed again the way a deployment benchmark times a model (`measure_alone`: each network alone, warm-up,
@@ -62,6 +64,9 @@ class ValidateLUTConfig:
     independent_runs: int = 100  # back-to-back runs per network per block, after 10 warm-up runs ...
     independent_blocks: int = 5  # ... in this many shuffled blocks
     measure: MeasureConfig = field(default_factory=MeasureConfig)  # as nas.build_lut times its calibration networks
+
+
+STEADY_DRIFT = 0.03  # a group whose references ran within this of their build-time latency ran as during the build
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -165,6 +170,10 @@ def validate_lut(cfg: ValidateLUTConfig) -> Validation:
     if fit:
         figures["recalibrated"] = error_stats(df["recalibrated_ms"].to_numpy(), meas)
         figures["drift"] = float(np.median(df["drift"]) - 1)
+        steady = df[(df["drift"] - 1).abs() < STEADY_DRIFT]
+        if len(steady) >= 3:  # too few for a rank correlation otherwise
+            figures["steady"] = error_stats(steady["predicted_ms"].to_numpy(), steady["measured_ms"].to_numpy())
+            figures["steady"]["networks"] = len(steady)
     if cfg.independent:
         figures.update(independent_protocol(cfg, specs, fit, backend, int(meta["batch"]), df))
     out_dir = output_dir(cfg)
@@ -276,6 +285,8 @@ def report(df: pd.DataFrame, figures: dict[str, dict[str, float]], table: Latenc
         f"{'':<34}{'median |err|':>13}{'within ±10%':>13}{'Spearman':>10}{'median err':>12}{'worst':>9}",
     ]
     rows = [("predict (as built)", "calibrated"), ("raw sum of rows", "raw")]
+    if "steady" in figures:
+        rows.append((f"as built, steady groups ({figures['steady']['networks']})", "steady"))
     if "recalibrated" in figures:
         rows.append(("recalibrated now (group drift)", "recalibrated"))
     if "alone_raw" in figures:
@@ -293,7 +304,8 @@ def report(df: pd.DataFrame, figures: dict[str, dict[str, float]], table: Latenc
         lines.append(
             f"machine drift since the build: {figures['drift'] * 100:+.1f}% (median over networks of their group's "
             f"references, now / at build; per group from {df['drift'].min() * 100 - 100:+.1f}% to "
-            f"{df['drift'].max() * 100 - 100:+.1f}%); 'recalibrated now' divides each network by its own group's drift"
+            f"{df['drift'].max() * 100 - 100:+.1f}%); 'recalibrated now' divides each network by its own group's "
+            f"drift; 'steady groups': the networks whose group drifted by less than {STEADY_DRIFT * 100:.0f}% (count)"
         )
     if "alone_agreement" in figures:
         a, spread = figures["alone_agreement"], figures["alone_agreement"]["median_spread"] * 100

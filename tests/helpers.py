@@ -32,6 +32,7 @@ FAST = [
     "measure.runs_per_round=2",
     "measure.interleave=4",
     "measure.passes=2",
+    "measure.gate_wait_s=0",  # the host gate re-measures slow passes at once (no pause)
     "calibration_networks=4",
 ]
 

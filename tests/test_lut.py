@@ -112,10 +112,19 @@ def test_malformed_csv_cli_one_line(tmp_path):
     assert "missing column" in r.stderr
 
 
-def test_build_lut_torch_then_resume(tmp_path):
+def test_build_lut_torch_then_resume(tmp_path, caplog):
+    import logging
+
+    from latency_lut.build import calibration_nets
+    from latency_lut.measure import CALL, plan_groups
+
     out = tmp_path / "lut.csv"
     cfg = compose("build_lut", [*SMALL_SPACE, *FAST, f"out={out}"], BuildLUTConfig)
-    build_lut(cfg)
+    with caplog.at_level(logging.INFO, logger="latency_lut.build"):
+        build_lut(cfg)
+    # the host gate timed its sentinel in every pass of every group of the build
+    group_passes = len(plan_groups([*space_rows(cfg.space, 10), *calibration_nets(cfg), CALL], cfg.measure)) * 2
+    assert f"of {group_passes} group passes ran more than 10% slow" in caplog.text
     table = LatencyTable.load(out)
     rows = space_rows(cfg.space, 10)
     kinds = table.df["kind"]
@@ -548,6 +557,12 @@ def test_validation_figures_against_scripted_timings(tmp_path, monkeypatch):
     # compares predict x 1.2 with the measurement
     assert v.figures["drift"] == pytest.approx(0.2) and np.allclose(v.networks["drift"], 1.2)
     assert v.figures["recalibrated"]["within_10pct"] == pytest.approx(np.mean(np.abs(1.2 / factors - 1) <= 0.1))
+    # no group ran as during the build (every one drifted 20%): there are no 'steady groups' figures; with no drift,
+    # every group is steady and those figures are the as-built ones
+    assert "steady" not in v.figures and "steady groups" not in v.report().split("machine drift")[0]
+    monkeypatch.setattr(validation, "make_backend", lambda *a, **k: ScriptedTimes(table, drift=1.0))
+    still = validation.validate_lut(cfg).figures
+    assert still["steady"] == {**still["calibrated"], "networks": 12}
 
 
 @pytest.mark.timing
