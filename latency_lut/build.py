@@ -131,7 +131,7 @@ def build_lut(cfg: BuildLUTConfig) -> Path:
         todo.append(CALL)
     with tqdm(total=len(todo), desc=f"measuring ({backend.name})", unit="item", dynamic_ncols=True) as bar:
         gate = measure_items(todo, spec, backend, cfg.measure, cfg.batch, on_group, bar)
-    log.info(gate.describe(cfg.measure.gate_pct))
+    log.info(gate.describe())
     return finish(out)
 
 

@@ -3,7 +3,8 @@
 `write_bundle` exports every model `nas.build_lut` would time (each layer row's two chains, the per-call `call`
 model, the calibration networks) as a file of the target runtime (`.onnx` for onnxruntime, `.pte` for ExecuTorch,
 `.mlpackage` for CoreML), with a manifest (item keys, input names, shapes and layouts, the measurement settings and
-the very groups and order the interleaved method uses) and a standalone `measure.py` (numpy and the runtime only).
+the very groups and order the interleaved method uses; beside its items, the host gate's `sentinel` network,
+latency_lut/measure.py) and a standalone `measure.py` (numpy and the runtime only).
 On the device, `measure.py` writes `timings.csv`: each model's statistics per pass. `read_bundle` turns those
 timings back into table items exactly as a local build does (a row is the median pass of its chain differences, a
 network or the call its fastest pass), so `nas.build_lut from_bundle=DIR` writes a normal, calibrated,
@@ -22,8 +23,19 @@ from typing import Any
 
 import pandas as pd
 
-from latency_lut.bundle_measure import FIELDS
-from latency_lut.measure import CALL, Chain, Item, MeasureConfig, Net, item_module, plan_groups, results_of
+from latency_lut.bundle_measure import FIELDS, SENTINEL
+from latency_lut.measure import (
+    CALL,
+    Chain,
+    Item,
+    MeasureConfig,
+    Net,
+    item_module,
+    network_module,
+    plan_groups,
+    results_of,
+    sentinel_spec,
+)
 from latency_lut.table import LUTError, Row, decode_stages, encode_stages
 from supernet.arch import ArchSpec
 from supernet.files import atomic_write_text
@@ -60,9 +72,10 @@ def parse_item(d: dict[str, Any], base: ArchSpec) -> Chain | Row | Net:
     return CALL
 
 
-def export_item(item: Chain | Row | Net, base: ArchSpec, batch: int, runtime: str, path: Path) -> list[int]:
-    """Write the deploy model of `item` to `path` in the runtime's format; its input shape."""
-    module, x = item_module(item, base, batch)
+def export_item(item: Chain | Row | Net | str, base: ArchSpec, batch: int, runtime: str, path: Path) -> list[int]:
+    """Write the deploy model of `item` (or of the host gate's `SENTINEL`) to `path` in the runtime's format; its
+    input shape."""
+    module, x = network_module(sentinel_spec(base), batch) if item == SENTINEL else item_module(item, base, batch)
     if runtime == "onnxruntime":
         path.write_bytes(onnx_bytes(module, x))
     elif runtime == "executorch":
@@ -93,16 +106,21 @@ def write_bundle(
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=folder.parent))
     try:
         (staging / "models").mkdir()
-        entries = []
-        for item in (it for g in groups for it in g):
-            file = f"models/{item_id(item)}{SUFFIX[runtime]}"
+
+        def export(item: Chain | Row | Net | str, name: str) -> dict[str, Any]:
+            file = f"models/{name}{SUFFIX[runtime]}"
             shape = export_item(item, base, batch, runtime, staging / file)
             inp = {"name": "x", "shape": shape, "dtype": "float32", "layout": "NCHW"}
-            entries.append({"id": item_id(item), "file": file, "input": inp, **describe_item(item)})
+            return {"id": name, "file": file, "input": inp}
+
+        entries = []
+        for item in (it for g in groups for it in g):
+            entries.append({**export(item, item_id(item)), **describe_item(item)})
             if progress is not None:
                 progress.update(1)
         manifest = {"format": FORMAT, "runtime": runtime, "threads": meta["threads"], "batch": batch, "meta": meta}
         manifest.update(base=base.to_dict(), measure=dataclasses.asdict(cfg), items=entries)
+        manifest["sentinel"] = export(SENTINEL, SENTINEL)  # timed in every group, never a table item
         manifest["groups"] = [[item_id(it) for it in g] for g in groups]
         atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=1))
         shutil.copyfile(MEASURE_SCRIPT, staging / "measure.py")

@@ -11,7 +11,9 @@ The method is efficientvit-nas's interleaved one. Models are timed in the groups
 two chains always together): each model of a group gets `warmup` untimed runs, then `rounds` rounds in which every
 model runs `runs_per_round` times back to back, in a freshly shuffled order each round. A chunk of groups is
 measured `passes` times, so that a slow period of the device biases one pass only. Each model's figure per pass is
-the `percentile` of its timings. Each finished chunk is appended to timings.csv at once (with the device's name and
+the `percentile` of its timings. Every group also times the bundle's sentinel model: a pass in which it ran more
+than `gate_pct` % slower than its recent best is measured again after a pause (the host gate; the printed summary
+says how often). Each finished chunk is appended to timings.csv at once (with the device's name and
 the runtime versions), so an interrupted run loses at most the chunk in flight and resumes after it.
 Back on the machine with efficientvit-nas: `python -m nas.build_lut from_bundle=DIR out=lut.csv`.
 """
@@ -26,6 +28,7 @@ import platform
 import random
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 FIELDS = ["item", "pass", "ms", "p25_ms", "p75_ms", "runs", "device", "runtime", "threads"]
@@ -187,6 +190,75 @@ def time_group(runners: dict, group: list, m: dict, rng: random.Random, timer=ti
     return {name: summarize(s, m["percentile"]) for name, s in samples.items()}
 
 
+SENTINEL = "sentinel"  # the host gate's item, timed in every group (a bundle's models/sentinel.*)
+
+
+class Gate:
+    """The host gate (latency_lut/measure.py's module doc) and what it did: group passes timed, those measured
+    again because the host was slow, and those still slow after the last retry (kept: their fastest try)."""
+
+    def __init__(self, m: dict):
+        self.pct, self.retries = float(m.get("gate_pct", 0.0)), int(m.get("gate_retries", 0))
+        self.wait_s, self.window_s = float(m.get("gate_wait_s", 1.0)), float(m.get("gate_window_s", 300.0))
+        self.passes = self.remeasured = self.still_slow = 0
+        self.readings: deque = deque()  # (time, sentinel ms) within the window
+
+    def best(self) -> float:
+        """The sentinel's fastest reading of the last `window_s` seconds (always counting the latest 8)."""
+        now = time.monotonic()
+        while len(self.readings) > 8 and now - self.readings[0][0] > self.window_s:
+            self.readings.popleft()
+        return min(ms for _, ms in self.readings)
+
+    def describe(self) -> str:
+        if not self.passes:
+            return "host gate: off"
+        return (
+            f"host gate: {self.remeasured} of {self.passes} group passes ran more than {self.pct:g}% slow and were "
+            f"measured again; {self.still_slow} stayed slow after the last retry"
+        )
+
+
+def measure_chunk(
+    chunk: list, runners: dict, m: dict, rng: random.Random, timer=time_runs, sentinel=None, gate: Gate | None = None
+) -> dict:
+    """Every pass of every group of one chunk, {(pass, group index): {item: stats}}: `m["passes"]` passes over the
+    chunk's groups, so that the passes of one group are apart in time. With a `sentinel` runner and a `gate` whose
+    pct > 0, every group also times the sentinel, and a pass whose sentinel ran more than pct slower than its best
+    of the window is measured again after a pause (doubling), at most `retries` times, keeping the fastest try."""
+    gated = sentinel is not None and gate is not None and gate.pct > 0
+    runners = {**runners, SENTINEL: sentinel} if gated else runners
+
+    def timed(g: int) -> dict:
+        group = list(chunk[g]) + [SENTINEL] if gated else list(chunk[g])
+        stats = time_group(runners, group, m, rng, timer)
+        if gated:
+            gate.readings.append((time.monotonic(), stats[SENTINEL]["ms"]))
+        return stats
+
+    done = {(q, g): timed(g) for q in range(max(int(m["passes"]), 1)) for g in range(len(chunk))}
+    if not gated:
+        return done
+
+    def slow(keys) -> list:
+        limit = gate.best() * (1 + gate.pct / 100)
+        return [k for k in keys if done[k][SENTINEL]["ms"] > limit]
+
+    todo = slow(done)
+    gate.passes, gate.remeasured = gate.passes + len(done), gate.remeasured + len(todo)
+    for attempt in range(gate.retries):
+        if not todo:
+            break
+        time.sleep(gate.wait_s * 2**attempt)  # let the slow period pass
+        for k in todo:
+            again = timed(k[1])
+            if again[SENTINEL]["ms"] < done[k][SENTINEL]["ms"]:
+                done[k] = again
+        todo = slow(todo)
+    gate.still_slow += len(todo)
+    return done
+
+
 def done_items(path: Path, passes: int) -> set[str]:
     """Items with all their passes in timings.csv already (a resumed run skips their chunks)."""
     if not path.is_file():
@@ -233,30 +305,26 @@ def main() -> None:
         flush=True,
     )
     rng = random.Random(m["seed"])
+
+    def load(entry: dict):
+        shape = entry["input"]["shape"]
+        feed = {entry["input"]["name"]: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
+        return runtime.load(root / entry["file"], feed)
+
+    gate = Gate(m)  # bundles written before the gate have no sentinel: then it is off
+    sentinel = load(manifest["sentinel"]) if "sentinel" in manifest and gate.pct > 0 else None
     t_start = time.time()
     for k, chunk in enumerate(todo):
-        runners = {}
-        for name in (n for g in chunk for n in g):
-            shape = items[name]["input"]["shape"]
-            feed = {items[name]["input"]["name"]: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
-            runners[name] = runtime.load(root / items[name]["file"], feed)
+        runners = {name: load(items[name]) for g in chunk for name in g}
         rows = []
-        for q in range(m["passes"]):
-            for group in chunk:
-                for name, st in time_group(runners, group, m, rng).items():
-                    rows.append(
-                        {
-                            "item": name,
-                            "pass": q,
-                            **st,
-                            "device": device,
-                            "runtime": runtime.version,
-                            "threads": threads,
-                        }
-                    )
+        for (q, g), stats in sorted(measure_chunk(chunk, runners, m, rng, time_runs, sentinel, gate).items()):
+            for name in chunk[g]:
+                row = {"item": name, "pass": q, **stats[name], "device": device, "runtime": runtime.version}
+                rows.append({**row, "threads": threads})
         append_rows(out, rows)
         eta = (time.time() - t_start) / (k + 1) * (len(todo) - k - 1)
         print(f"chunk {k + 1}/{len(todo)} done, about {eta:.0f} s to go", flush=True)
+    print(gate.describe() if sentinel is not None else "host gate: off (this bundle has no sentinel model)")
     print(f"timings of {len(items)} models in {out}")
 
 

@@ -26,7 +26,7 @@ whose sentinel ran more than `gate_pct` slower than its best in the last few min
 pause, until it is not (at most `gate_retries` times; the pass whose sentinel was fastest is kept). A host can go
 through periods of seconds in which everything runs up to 2x slower, most of all at as many threads as it has
 cores (benchmarks/README.md section 9). Such a period outlasts all passes of a chunk, so
-combining passes cannot remove it; re-measuring after it has passed can. `GateLog` counts what the gate did.
+combining passes cannot remove it; re-measuring after it has passed can. `Gate` counts what the gate did.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +43,7 @@ import torch
 import torch.nn as nn
 
 from latency_lut.backends import Backend, Runner
-from latency_lut.bundle_measure import time_group
+from latency_lut.bundle_measure import Gate, measure_chunk, time_group
 from latency_lut.table import Row
 from supernet.arch import ArchSpec, StageSpec
 from supernet.model import build_model, layer_plan
@@ -221,9 +219,6 @@ def combine_passes(passes: list[dict[str, float]], whole: bool) -> dict[str, flo
     return {**pick, "runs": int(sum(st["runs"] for st in passes))}
 
 
-SENTINEL = "sentinel"  # the host gate's item in every group (module doc)
-
-
 def sentinel_spec(base: ArchSpec) -> ArchSpec:
     """The host gate's sentinel: `base`'s hyper-parameters, every stage 16 wide with one MB4D. Small, so it costs
     little, and threaded like every network, so a slow period of the host shows in it.
@@ -235,32 +230,6 @@ def sentinel_spec(base: ArchSpec) -> ArchSpec:
     return base.replace(stages=tuple(StageSpec(16, ("4d",)) for _ in base.stages)).validate()
 
 
-@dataclass
-class GateLog:
-    """What the host gate did over a measurement: group passes timed, those measured again because the host was
-    slow, and those still slow after the last retry (kept, the fastest of their tries)."""
-
-    passes: int = 0
-    remeasured: int = 0
-    still_slow: int = 0
-    readings: deque = dataclasses.field(default_factory=deque)  # (time, sentinel ms) of the current window
-
-    def best(self, window_s: float) -> float:
-        """The sentinel's fastest reading of the last `window_s` seconds (always counting the latest 8)."""
-        now = time.monotonic()
-        while len(self.readings) > 8 and now - self.readings[0][0] > window_s:
-            self.readings.popleft()
-        return min(ms for _, ms in self.readings)
-
-    def describe(self, gate_pct: float) -> str:
-        if not self.passes:
-            return "host gate: off"
-        return (
-            f"host gate: {self.remeasured} of {self.passes} group passes ran more than {gate_pct:g}% slow and were "
-            f"measured again; {self.still_slow} stayed slow after the last retry"
-        )
-
-
 def measure_in_passes(
     groups: list[list[Any]],
     prepare: Callable[[Any], Runner],
@@ -269,65 +238,23 @@ def measure_in_passes(
     rng: random.Random,
     on_chunk: Callable[[list[list[Any]], dict[Any, list[dict[str, float]]]], None],
     sentinel: Runner | None = None,
-) -> GateLog:
+) -> Gate:
     """Measure `groups` chunk by chunk; within a chunk, `cfg.passes` passes over its groups, so that the passes of
     one group are separated in time by the others. `on_chunk(groups, {item: [stats per pass]})` after each chunk.
-    With a `sentinel` runner and `cfg.gate_pct > 0`, the host gate (module doc) re-measures slow passes."""
-    size, gate = max(cfg.chunk, 1), GateLog()
+    With a `sentinel` runner and `cfg.gate_pct > 0`, the host gate (module doc) re-measures slow passes. The loop is
+    bundle_measure.measure_chunk, which a device bundle's measure.py runs too."""
+    m = dataclasses.asdict(cfg)
+    size, gate = max(cfg.chunk, 1), Gate(m)
     for start in range(0, len(groups), size):
         chunk = groups[start : start + size]
         runners = {item: prepare(item) for group in chunk for item in group}  # built once, reused by every pass
-        done = measure_chunk(chunk, runners, backend, cfg, rng, sentinel, gate)
+        done = measure_chunk(chunk, runners, m, rng, backend.time, sentinel, gate)
         per_pass: dict[Any, list[dict[str, float]]] = {}
         for (_, g), stats in sorted(done.items(), key=lambda kv: kv[0]):
             for item in chunk[g]:
                 per_pass.setdefault(item, []).append(stats[item])
         on_chunk(chunk, per_pass)
     return gate
-
-
-def measure_chunk(
-    chunk: list[list[Any]],
-    runners: dict[Any, Runner],
-    backend: Backend,
-    cfg: MeasureConfig,
-    rng: random.Random,
-    sentinel: Runner | None,
-    gate: GateLog,
-) -> dict[tuple[int, int], dict[Any, dict[str, float]]]:
-    """Every pass of every group of one chunk, {(pass, group): {item: stats}}, slow passes re-measured by the host
-    gate when there is a `sentinel` (its readings and counts go to `gate`)."""
-    gated = sentinel is not None and cfg.gate_pct > 0
-    runners = {**runners, SENTINEL: sentinel} if gated else runners
-
-    def timed(g: int) -> dict[Any, dict[str, float]]:
-        group = chunk[g] + [SENTINEL] if gated else chunk[g]
-        stats = dict(zip(group, measure_interleaved(group, runners.__getitem__, backend, cfg, rng)))
-        if gated:
-            gate.readings.append((time.monotonic(), stats[SENTINEL]["ms"]))
-        return stats
-
-    done = {(p, g): timed(g) for p in range(max(cfg.passes, 1)) for g in range(len(chunk))}
-    if not gated:
-        return done
-
-    def slow(keys) -> list[tuple[int, int]]:
-        best = gate.best(cfg.gate_window_s)
-        return [k for k in keys if done[k][SENTINEL]["ms"] > best * (1 + cfg.gate_pct / 100)]
-
-    todo = slow(done)
-    gate.passes, gate.remeasured = gate.passes + len(done), gate.remeasured + len(todo)
-    for attempt in range(cfg.gate_retries):
-        if not todo:
-            break
-        time.sleep(cfg.gate_wait_s * 2**attempt)  # let the slow period pass
-        for k in todo:
-            again = timed(k[1])
-            if again[SENTINEL]["ms"] < done[k][SENTINEL]["ms"]:
-                done[k] = again
-        todo = slow(todo)
-    gate.still_slow += len(todo)
-    return done
 
 
 def pack(units: list[list[Any]], size: int) -> list[list[Any]]:
@@ -392,7 +319,7 @@ def measure_networks(
     sentinel = backend.prepare(*network_module(sentinel_spec(flat[0]), batch)) if cfg.gate_pct > 0 and flat else None
     gate = measure_in_passes(groups, prepare, backend, cfg, rng, on_chunk, sentinel)
     if gate.remeasured:
-        log.info(gate.describe(cfg.gate_pct))
+        log.info(gate.describe())
     return [{**results[i], "drift": drift[i]} for i in range(len(flat))]
 
 
@@ -476,7 +403,7 @@ def measure_items(
     batch: int,
     on_group: Callable[[list[tuple[Item, dict[str, float]]]], None],
     progress: Any = None,  # a tqdm bar (anything with update(n))
-) -> GateLog:
+) -> Gate:
     """Measure `items` (layer rows, `CALL`, networks) in shuffled groups and passes (`plan_groups`,
     `measure_in_passes`, with the host gate), calling `on_group` with each finished chunk's results (`results_of`)."""
     torch.manual_seed(cfg.seed)

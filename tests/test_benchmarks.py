@@ -221,3 +221,27 @@ def test_main_job_runs_in_abba_order_and_reports_ratios_of_mean_wall_times(tmp_p
     assert line.endswith("test top-1 90.00 against 89.50% (+0.50)")
     with pytest.raises(SystemExit, match="missing: fp32-nchw-s0, defaults-s0"):
         main_job.main(["--report", "--work", str(tmp_path), "--seeds", "0"])
+
+
+def test_host_noise_figures_by_hand():
+    """Four groups; the sentinel's fastest reading is 1.0 and each other network's too. Groups 2 and 3 ran slow
+    (sentinel 2.0, the others 1.8 and 1.6: both > 10%), group 4's sentinel 1.05 is within the gate while its others
+    ran 1.3x: the gate re-measures 2 of 4 groups, all truly slow (precision 100%), and misses 1 of the 2 it passed.
+    The longest slow period is 2 groups, at 0.5 s per group 1.0 s."""
+    import host_noise
+
+    def group(t, sentinel, others):
+        return {"t": t, "ms": {"sentinel": sentinel, **{f"net{k}": v for k, v in enumerate(others)}}}
+
+    run = {"backend": "x", "threads": 2, "cpu": "cpu", "seconds": 2.0}
+    run["groups"] = [
+        group(0.5, 1.0, [1.0, 2.0, 3.0]),
+        group(1.0, 2.0, [1.8, 3.6, 5.4]),
+        group(1.5, 2.0, [1.6, 3.2, 4.8]),
+        group(2.0, 1.05, [1.3, 2.6, 3.9]),
+    ]
+    f = host_noise.analyse(run)
+    assert f["gated"] == 0.5 and f["precision"] == 1.0 and f["missed"] == 0.5
+    assert (f["longest_groups"], f["longest_s"], f["group_s"]) == (2, 1.0, 0.5)
+    assert f["sentinel_max"] == 2.0 and f["others_max"] == pytest.approx(1.8) and f["others_p50"] == pytest.approx(1.45)
+    assert "2 consecutive gated groups (1.0 s)" in host_noise.report(run)

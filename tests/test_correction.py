@@ -215,7 +215,7 @@ def test_the_host_gate_measures_a_slow_group_again():
     assert (log.passes, log.remeasured, log.still_slow) == (2, 1, 0)
     plain, off = gated(SlowPeriods(COST, range(0, 3)), groups, sentinel=False)
     assert plain == {k: [COST[k] * (1.8 if k in "abc" else 1.0)] for k in "abcdef"}
-    assert off.passes == 0 and off.describe(10.0) == "host gate: off"
+    assert off.passes == 0 and off.describe() == "host gate: off"
 
 
 def test_the_host_gate_keeps_each_pass_apart():
@@ -224,7 +224,7 @@ def test_the_host_gate_keeps_each_pass_apart():
     results, log = gated(SlowPeriods(COST, range(4, 12)), [["a", "b", "c"]], passes=2)
     assert results == {k: [COST[k], COST[k]] for k in "abc"}
     assert (log.passes, log.remeasured, log.still_slow) == (2, 1, 0)
-    assert "1 of 2 group passes ran more than 10% slow" in log.describe(10.0)
+    assert "1 of 2 group passes ran more than 10% slow" in log.describe()
     within, log = gated(SlowPeriods(COST, range(4, 8), factor=1.08), [["a", "b", "c"]], passes=2)
     assert within == {k: [COST[k], COST[k] * 1.08] for k in "abc"} and log.remeasured == 0
 
