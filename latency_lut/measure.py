@@ -416,5 +416,5 @@ def measure_items(
             progress.update(len(done))
 
     prepare = lambda it: backend.prepare(*item_module(it, base, batch))  # noqa: E731
-    sentinel = backend.prepare(*network_module(sentinel_spec(base), batch)) if cfg.gate_pct > 0 else None
+    sentinel = backend.prepare(*network_module(sentinel_spec(base), batch)) if cfg.gate_pct > 0 and groups else None
     return measure_in_passes(groups, prepare, backend, cfg, random.Random(cfg.seed), on_chunk, sentinel)
