@@ -12,9 +12,10 @@ two chains always together): each model of a group gets `warmup` untimed runs, t
 model runs `runs_per_round` times back to back, in a freshly shuffled order each round. A chunk of groups is
 measured `passes` times, so that a slow period of the device biases one pass only. Each model's figure per pass is
 the `percentile` of its timings. Every group also times the bundle's sentinel model: a pass in which it ran more
-than `gate_pct` % slower than its recent best is measured again after a pause (the host gate; the printed summary
-says how often). Each finished chunk is appended to timings.csv at once (with the device's name and
-the runtime versions), so an interrupted run loses at most the chunk in flight and resumes after it.
+than `gate_pct` % slower than its recent median, and beyond its own scatter, is measured again after a pause (the
+host gate; the printed summary says how often). Each finished chunk is appended to timings.csv at once (with the
+device's name and the runtime versions), so an interrupted run loses at most the chunk in flight and resumes after
+it.
 Back on the machine with efficientvit-nas: `python -m nas.build_lut from_bundle=DIR out=lut.csv`.
 """
 
@@ -195,7 +196,24 @@ SENTINEL = "sentinel"  # the host gate's item, timed in every group (a bundle's 
 
 class Gate:
     """The host gate (latency_lut/measure.py's module doc) and what it did: group passes timed, those measured
-    again because the host was slow, and those still slow after the last retry (kept: their fastest try)."""
+    again because the host was slow, and those still slow after the last retry (kept: their fastest try).
+
+    A pass is slow when its sentinel reading lies above `limit()`: more than `pct` % above the median of the
+    sentinel's readings of the last `window_s` seconds (each pass's first try), and above their upper Tukey fence
+    (q3 + 1.5 IQR, from 8 readings on), so that a sentinel whose own readings scatter by more than `pct` % (few
+    timed runs, a jittery runtime) does not send every other pass back to be measured again. The median, not the
+    fastest reading, is the reference: one lucky reading would otherwise set the bar for every later pass.
+
+    >>> g = Gate({"gate_pct": 10})
+    >>> for k, ms in enumerate([1.00, 1.02, 0.98, 1.01, 0.99, 1.00, 1.03, 0.97]):
+    ...     g.note(ms, now=float(k))
+    >>> round(g.limit(now=8.0), 3)  # steady readings: 10% above their median
+    1.1
+    >>> for k, ms in enumerate([0.8, 1.2, 0.9, 1.1, 1.0, 0.85, 1.15, 1.05]):
+    ...     g.note(ms, now=1000.0 + k)  # the steady ones leave the window
+    >>> round(g.limit(now=1008.0), 3)  # scattered readings: q3 1.1125 + 1.5 * IQR 0.225
+    1.45
+    """
 
     def __init__(self, m: dict):
         self.pct, self.retries = float(m.get("gate_pct", 0.0)), int(m.get("gate_retries", 0))
@@ -203,12 +221,22 @@ class Gate:
         self.passes = self.remeasured = self.still_slow = 0
         self.readings: deque = deque()  # (time, sentinel ms) within the window
 
-    def best(self) -> float:
-        """The sentinel's fastest reading of the last `window_s` seconds (always counting the latest 8)."""
-        now = time.monotonic()
+    def note(self, ms: float, now: float | None = None) -> None:
+        """Record one sentinel reading (`now`: its time in seconds, default time.monotonic())."""
+        self.readings.append((time.monotonic() if now is None else now, ms))
+
+    def limit(self, now: float | None = None) -> float:
+        """The slowest sentinel reading that passes (class doc), over the last `window_s` seconds' readings (always
+        counting the latest 8)."""
+        import numpy as np
+
+        now = time.monotonic() if now is None else now
         while len(self.readings) > 8 and now - self.readings[0][0] > self.window_s:
             self.readings.popleft()
-        return min(ms for _, ms in self.readings)
+        ms = np.array([r for _, r in self.readings])
+        q1, median, q3 = np.percentile(ms, [25, 50, 75])
+        fence = q3 + 1.5 * (q3 - q1) if len(ms) >= 8 else 0.0  # fewer readings cannot tell their scatter
+        return float(max(median * (1 + self.pct / 100), fence))
 
     def describe(self) -> str:
         if not self.passes:
@@ -224,27 +252,22 @@ def measure_chunk(
 ) -> dict:
     """Every pass of every group of one chunk, {(pass, group index): {item: stats}}: `m["passes"]` passes over the
     chunk's groups, so that the passes of one group are apart in time. With a `sentinel` runner and a `gate` whose
-    pct > 0, every group also times the sentinel, and a pass whose sentinel ran more than pct slower than its best
-    of the window is measured again after a pause (doubling), at most `retries` times, keeping the fastest try."""
+    pct > 0, every group also times the sentinel, and a pass whose sentinel read above `gate.limit()` is measured
+    again after a pause (doubling), at most `retries` times, keeping the fastest try."""
     gated = sentinel is not None and gate is not None and gate.pct > 0
     runners = {**runners, SENTINEL: sentinel} if gated else runners
 
     def timed(g: int) -> dict:
         group = list(chunk[g]) + [SENTINEL] if gated else list(chunk[g])
-        stats = time_group(runners, group, m, rng, timer)
-        if gated:
-            gate.readings.append((time.monotonic(), stats[SENTINEL]["ms"]))
-        return stats
+        return time_group(runners, group, m, rng, timer)
 
     done = {(q, g): timed(g) for q in range(max(int(m["passes"]), 1)) for g in range(len(chunk))}
     if not gated:
         return done
-
-    def slow(keys) -> list:
-        limit = gate.best() * (1 + gate.pct / 100)
-        return [k for k in keys if done[k][SENTINEL]["ms"] > limit]
-
-    todo = slow(done)
+    for k in done:  # the window holds first tries only: retries, aimed at slow periods, would bias it slow
+        gate.note(done[k][SENTINEL]["ms"])
+    limit = gate.limit()
+    todo = [k for k in done if done[k][SENTINEL]["ms"] > limit]
     gate.passes, gate.remeasured = gate.passes + len(done), gate.remeasured + len(todo)
     for attempt in range(gate.retries):
         if not todo:
@@ -254,7 +277,7 @@ def measure_chunk(
             again = timed(k[1])
             if again[SENTINEL]["ms"] < done[k][SENTINEL]["ms"]:
                 done[k] = again
-        todo = slow(todo)
+        todo = [k for k in todo if done[k][SENTINEL]["ms"] > limit]
     gate.still_slow += len(todo)
     return done
 

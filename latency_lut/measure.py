@@ -22,11 +22,12 @@ a run down, and a low percentile is far more repeatable than the median. p25/p75
 chunk of groups is written at once, so a crash loses at most the chunk in flight.
 
 The host gate: every group also times a sentinel, a small fixed network (`sentinel_spec`), and a pass of a group
-whose sentinel ran more than `gate_pct` slower than its best in the last few minutes is measured again, after a
-pause, until it is not (at most `gate_retries` times; the pass whose sentinel was fastest is kept). A host can go
-through periods of seconds in which everything runs up to 2x slower, most of all at as many threads as it has
-cores (benchmarks/README.md section 9). Such a period outlasts all passes of a chunk, so
-combining passes cannot remove it; re-measuring after it has passed can. `Gate` counts what the gate did.
+whose sentinel ran more than `gate_pct` slower than its median of the last few minutes, and beyond the scatter of
+those readings (`Gate.limit`), is measured again, after a pause, until it is not (at most `gate_retries` times; the
+pass whose sentinel was fastest is kept). A host can go through periods of seconds in which everything runs up to
+2x slower, most of all at as many threads as it has cores (benchmarks/README.md section 9). Such a period outlasts
+all passes of a chunk, so combining passes cannot remove it; re-measuring after it has passed can. `Gate` counts
+what the gate did.
 """
 
 from __future__ import annotations
@@ -72,10 +73,10 @@ class MeasureConfig:
     references: int = 2  # whole networks timed at build time, added to every group of a validation or --verify
     # measurement, so that each group is read relative to the machine's speed at build time (`measure_networks`)
     gate_pct: float = 10.0  # the host gate (module doc): a group pass whose sentinel ran more than this % slower
-    # than its best of the last `gate_window_s` is measured again; 0 turns the gate off
+    # than its median of the last `gate_window_s` (and beyond its scatter) is measured again; 0 turns the gate off
     gate_retries: int = 4  # at most this many re-measurements of a chunk's slow passes, then the fastest is kept
     gate_wait_s: float = 1.0  # pause before the first re-measurement, doubled before each further one
-    gate_window_s: float = 300.0  # the sentinel's best is taken over this window: slow drift passes the gate
+    gate_window_s: float = 300.0  # the sentinel's median is taken over this window: slow drift passes the gate
 
 
 @dataclass(frozen=True)

@@ -227,7 +227,9 @@ def test_host_noise_figures_by_hand():
     """Four groups; the sentinel's fastest reading is 1.0 and each other network's too. Groups 2 and 3 ran slow
     (sentinel 2.0, the others 1.8 and 1.6: both > 10%), group 4's sentinel 1.05 is within the gate while its others
     ran 1.3x: the gate re-measures 2 of 4 groups, all truly slow (precision 100%), and misses 1 of the 2 it passed.
-    The longest slow period is 2 groups, at 0.5 s per group 1.0 s."""
+    The longest slow period is 2 groups, at 0.5 s per group 1.0 s. The gate's rule, the 4 readings noted as one
+    chunk: their median 1.525 + 10% = 1.68 (too few readings for a Tukey fence) sends back the same 2 groups; the
+    first rule's fastest reading 1.0 + 10% sends them back too."""
     import host_noise
 
     def group(t, sentinel, others):
@@ -244,4 +246,25 @@ def test_host_noise_figures_by_hand():
     assert f["gated"] == 0.5 and f["precision"] == 1.0 and f["missed"] == 0.5
     assert (f["longest_groups"], f["longest_s"], f["group_s"]) == (2, 1.0, 0.5)
     assert f["sentinel_max"] == 2.0 and f["others_max"] == pytest.approx(1.8) and f["others_p50"] == pytest.approx(1.45)
+    assert (f["rule"], f["rule_precision"], f["rule_missed"], f["first_rule"]) == (0.5, 1.0, 0.5, 0.5)
     assert "2 consecutive gated groups (1.0 s)" in host_noise.report(run)
+    now, before = host_noise.gate_rules([1.0, 1.3, 1.0, 1.12] * 4, [float(t) for t in range(16)], per_chunk=16)
+    # q1 1.0, median 1.06, q3 1.165 (by hand, numpy's linear percentiles): fence 1.165 + 1.5 * 0.165 = 1.41 passes all
+    # 16; the fastest reading 1.0 + 10% sends back the 8 readings 1.3 and 1.12
+    assert not now.any() and before.sum() == 8
+
+
+def test_gate_cost_ratios_by_hand():
+    """Two rounds: 120 s with the gate against 100 s without (1.2), then 90 s against 100 s (0.9): median 1.05, range
+    0.90-1.20; the first round's gate measured 12 of 48 passes again (25%)."""
+    import gate_cost
+
+    rows = [
+        {"round": 1, "gate": False, "seconds": 100.0, "gate_remeasured": 0, "gate_passes": 0, "gate_still_slow": 0},
+        {"round": 1, "gate": True, "seconds": 120.0, "gate_remeasured": 12, "gate_passes": 48, "gate_still_slow": 1},
+        {"round": 2, "gate": True, "seconds": 90.0, "gate_remeasured": 0, "gate_passes": 48, "gate_still_slow": 0},
+        {"round": 2, "gate": False, "seconds": 100.0, "gate_remeasured": 0, "gate_passes": 0, "gate_still_slow": 0},
+    ]
+    lines = gate_cost.summarize(rows)
+    assert "ratio 1.20; the gate measured 12 of 48 group passes again (25%), 1 stayed slow" in lines[0]
+    assert "ratio 0.90" in lines[1] and lines[-1].startswith("gate on / off: median 1.05, range 0.90-1.20 over 2")

@@ -207,7 +207,8 @@ COST = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 5.0, "f": 6.0, "sentinel": 
 
 def test_the_host_gate_measures_a_slow_group_again():
     """Two groups of 3 items and the sentinel (4 calls each, one pass). The first group's calls run 1.8x slow: its
-    sentinel reads 0.9 against a best of 0.5, so it is measured again (calls 8-11, steady) and every item reads its
+    sentinel reads 0.9 against a limit of 0.77 (the median 0.7 of its readings 0.9 and 0.5, plus 10%; too few readings
+    for a Tukey fence), so it is measured again (calls 8-11, steady) and every item reads its
     cost. Without a sentinel, the slow period decides: a, b and c read 1.8x."""
     groups = [["a", "b", "c"], ["d", "e", "f"]]
     results, log = gated(SlowPeriods(COST, range(0, 4)), groups)
@@ -227,6 +228,35 @@ def test_the_host_gate_keeps_each_pass_apart():
     assert "1 of 2 group passes ran more than 10% slow" in log.describe()
     within, log = gated(SlowPeriods(COST, range(4, 8), factor=1.08), [["a", "b", "c"]], passes=2)
     assert within == {k: [COST[k], COST[k] * 1.08] for k in "abc"} and log.remeasured == 0
+
+
+class Jittery(SlowPeriods):
+    """The host's speed factor changes group by group (`factors[k]` for the k-th group of `calls` timings), then
+    stays 1.0 (the re-measurements)."""
+
+    def __init__(self, cost: dict[str, float], factors: list[float], calls: int):
+        super().__init__(cost, range(0))
+        self.factors, self.group_calls = factors, calls
+
+    def time(self, runner, n):
+        k, self.calls = self.calls // self.group_calls, self.calls + 1
+        return [runner() * (self.factors[k] if k < len(self.factors) else 1.0)] * n
+
+
+def test_the_host_gate_looks_past_the_sentinels_own_scatter():
+    """16 groups of 3 items and the sentinel. The host's speed scatters by +-20% from group to group, and one group
+    runs 1.8x slow. By hand, the sentinel's 16 readings (x 0.5 ms) have q1 0.9, median 1.0, q3 1.1125: the Tukey
+    fence 1.1125 + 1.5 * 0.2125 = 1.43 lies above the median's +10%, so only the 1.8x group is measured again (it
+    then reads its cost) and every other group keeps its scatter. The fastest reading (0.8) + 10% would have sent
+    back 13 of the 16."""
+    factors = [1.0, 1.2, 0.8, 1.1, 0.9, 1.15, 0.85, 1.05, 0.95, 1.0, 1.2, 0.8, 1.1, 0.9, 1.8, 1.0]
+    groups = [[f"{g}{c}" for c in "abc"] for g in range(16)]
+    cost = {**{n: 1.0 + i for i, n in enumerate(n for g in groups for n in g)}, "sentinel": 0.5}
+    results, log = gated(Jittery(cost, factors, calls=4), groups, chunk=16)
+    assert (log.passes, log.remeasured, log.still_slow) == (16, 1, 0)
+    assert sum(f > 0.8 * 1.1 for f in factors) == 13
+    want = {n: cost[n] * (1.0 if f == 1.8 else f) for f, g in zip(factors, groups) for n in g}
+    assert {n: ms for n, (ms,) in results.items()} == pytest.approx(want)
 
 
 def test_the_host_gate_gives_up_after_its_retries_and_keeps_the_fastest_try():
