@@ -89,9 +89,10 @@ def build_and_validate(
 
 
 class GateLine(logging.Handler):
-    """Catches the build's 'host gate: R of P group passes ... S stayed slow' line (latency_lut/build.py)."""
+    """Catches the build's 'host gate: L of P group passes ran slow ...; R of them ... measured again; S stayed slow'
+    line (latency_lut/build.py, bundle_measure.Gate.describe)."""
 
-    PATTERN = re.compile(r"host gate: (\d+) of (\d+) group passes .*; (\d+) stayed slow")
+    PATTERN = re.compile(r"host gate: \d+ of (?P<p>\d+) group passes .*; (?P<r>\d+) of them.*; (?P<s>\d+) stayed slow")
 
     def __init__(self):
         super().__init__(logging.INFO)
@@ -113,7 +114,7 @@ class GateLine(logging.Handler):
         logger.setLevel(self.level)
 
     def counts(self) -> dict[str, int]:
-        r, p, s = map(int, self.match.groups()) if self.match else (0, 0, 0)
+        r, p, s = (int(self.match[k]) for k in "rps") if self.match else (0, 0, 0)
         return {"gate_remeasured": r, "gate_passes": p, "gate_still_slow": s}
 
 

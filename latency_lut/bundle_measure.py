@@ -29,7 +29,7 @@ import platform
 import random
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 
 FIELDS = ["item", "pass", "ms", "p25_ms", "p75_ms", "runs", "device", "runtime", "threads"]
@@ -195,8 +195,9 @@ SENTINEL = "sentinel"  # the host gate's item, timed in every group (a bundle's 
 
 
 class Gate:
-    """The host gate (latency_lut/measure.py's module doc) and what it did: group passes timed, those measured
-    again because the host was slow, and those still slow after the last retry (kept: their fastest try).
+    """The host gate (latency_lut/measure.py's module doc) and what it did: group passes timed, those that ran slow,
+    those measured again (slow passes of groups with at least half their passes slow: the other slow passes the
+    combination of passes drops), and those still slow after the last retry (kept: their fastest try).
 
     A pass is slow when its sentinel reading lies above `limit()`: more than `pct` % above the median of the
     sentinel's readings of the last `window_s` seconds (each pass's first try), and above their upper Tukey fence
@@ -217,8 +218,8 @@ class Gate:
 
     def __init__(self, m: dict):
         self.pct, self.retries = float(m.get("gate_pct", 0.0)), int(m.get("gate_retries", 0))
-        self.wait_s, self.window_s = float(m.get("gate_wait_s", 1.0)), float(m.get("gate_window_s", 300.0))
-        self.passes = self.remeasured = self.still_slow = 0
+        self.wait_s, self.window_s = float(m.get("gate_wait_s", 0.25)), float(m.get("gate_window_s", 300.0))
+        self.passes = self.slow = self.remeasured = self.still_slow = 0
         self.readings: deque = deque()  # (time, sentinel ms) within the window
 
     def note(self, ms: float, now: float | None = None) -> None:
@@ -242,8 +243,9 @@ class Gate:
         if not self.passes:
             return "host gate: off"
         return (
-            f"host gate: {self.remeasured} of {self.passes} group passes ran more than {self.pct:g}% slow and were "
-            f"measured again; {self.still_slow} stayed slow after the last retry"
+            f"host gate: {self.slow} of {self.passes} group passes ran slow (sentinel > {self.pct:g}% over its "
+            f"median); {self.remeasured} of them, in groups with at least half their passes slow, were measured again; "
+            f"{self.still_slow} stayed slow after the last retry"
         )
 
 
@@ -252,8 +254,9 @@ def measure_chunk(
 ) -> dict:
     """Every pass of every group of one chunk, {(pass, group index): {item: stats}}: `m["passes"]` passes over the
     chunk's groups, so that the passes of one group are apart in time. With a `sentinel` runner and a `gate` whose
-    pct > 0, every group also times the sentinel, and a pass whose sentinel read above `gate.limit()` is measured
-    again after a pause (doubling), at most `retries` times, keeping the fastest try."""
+    pct > 0, every group also times the sentinel, and the passes whose sentinel read above `gate.limit()`, of
+    groups with at least half their passes so slow, are measured again after a pause (doubling), at most `retries`
+    times, keeping the fastest try."""
     gated = sentinel is not None and gate is not None and gate.pct > 0
     runners = {**runners, SENTINEL: sentinel} if gated else runners
 
@@ -261,24 +264,34 @@ def measure_chunk(
         group = list(chunk[g]) + [SENTINEL] if gated else list(chunk[g])
         return time_group(runners, group, m, rng, timer)
 
-    done = {(q, g): timed(g) for q in range(max(int(m["passes"]), 1)) for g in range(len(chunk))}
+    passes = max(int(m["passes"]), 1)
+    done = {(q, g): timed(g) for q in range(passes) for g in range(len(chunk))}
     if not gated:
         return done
     for k in done:  # the window holds first tries only: retries, aimed at slow periods, would bias it slow
         gate.note(done[k][SENTINEL]["ms"])
     limit = gate.limit()
-    todo = [k for k in done if done[k][SENTINEL]["ms"] > limit]
-    gate.passes, gate.remeasured = gate.passes + len(done), gate.remeasured + len(todo)
+
+    def todo() -> list:
+        """The slow passes of groups with at least half their passes slow: a group's median pass (a row's figure)
+        is then slow too. One slow pass of three is left to the combination, which drops it."""
+        slow = [k for k in done if done[k][SENTINEL]["ms"] > limit]
+        per_group = Counter(g for _, g in slow)
+        return [k for k in slow if 2 * per_group[k[1]] >= passes]
+
+    left = todo()
+    gate.passes, gate.slow = gate.passes + len(done), gate.slow + sum(done[k][SENTINEL]["ms"] > limit for k in done)
+    gate.remeasured += len(left)
     for attempt in range(gate.retries):
-        if not todo:
+        if not left:
             break
         time.sleep(gate.wait_s * 2**attempt)  # let the slow period pass
-        for k in todo:
+        for k in left:
             again = timed(k[1])
             if again[SENTINEL]["ms"] < done[k][SENTINEL]["ms"]:
                 done[k] = again
-        todo = [k for k in todo if done[k][SENTINEL]["ms"] > limit]
-    gate.still_slow += len(todo)
+        left = todo()
+    gate.still_slow += len(left)
     return done
 
 

@@ -21,13 +21,14 @@ item's latency is the `percentile` (default 25) of its timings: on a shared mach
 a run down, and a low percentile is far more repeatable than the median. p25/p75 give the spread. Each finished
 chunk of groups is written at once, so a crash loses at most the chunk in flight.
 
-The host gate: every group also times a sentinel, a small fixed network (`sentinel_spec`), and a pass of a group
-whose sentinel ran more than `gate_pct` slower than its median of the last few minutes, and beyond the scatter of
-those readings (`Gate.limit`), is measured again, after a pause, until it is not (at most `gate_retries` times; the
-pass whose sentinel was fastest is kept). A host can go through periods of seconds in which everything runs up to
-2x slower, most of all at as many threads as it has cores (benchmarks/README.md section 9). Such a period outlasts
-all passes of a chunk, so combining passes cannot remove it; re-measuring after it has passed can. `Gate` counts
-what the gate did.
+The host gate: every group also times a sentinel, a small fixed network (`sentinel_spec`). A pass of a group is slow
+when its sentinel ran more than `gate_pct` slower than its median of the last few minutes, and beyond the scatter of
+those readings (`Gate.limit`). When at least half of a group's passes are slow, so that its median pass would be
+too, they are measured again, after a pause, until they are not (at most `gate_retries` times; the pass whose
+sentinel was fastest is kept); a lone slow pass is left to the combination of passes, which drops it. A host can go
+through periods of seconds in which everything runs up to 2x slower, most of all at as many threads as it has cores
+(benchmarks/README.md section 9). Such a period outlasts all passes of a chunk, so combining passes cannot remove
+it; re-measuring after it has passed can. `Gate` counts what the gate did.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class MeasureConfig:
     gate_pct: float = 10.0  # the host gate (module doc): a group pass whose sentinel ran more than this % slower
     # than its median of the last `gate_window_s` (and beyond its scatter) is measured again; 0 turns the gate off
     gate_retries: int = 4  # at most this many re-measurements of a chunk's slow passes, then the fastest is kept
-    gate_wait_s: float = 1.0  # pause before the first re-measurement, doubled before each further one
+    gate_wait_s: float = 0.25  # pause before the first re-measurement, doubled before each further one (0.25,
+    # 0.5, 1, 2 s): 69-100% of the host's slow periods ended within 1 s, 92-100% within 4 s (benchmarks/README.md s. 9)
     gate_window_s: float = 300.0  # the sentinel's median is taken over this window: slow drift passes the gate
 
 

@@ -268,3 +268,18 @@ def test_gate_cost_ratios_by_hand():
     lines = gate_cost.summarize(rows)
     assert "ratio 1.20; the gate measured 12 of 48 group passes again (25%), 1 stayed slow" in lines[0]
     assert "ratio 0.90" in lines[1] and lines[-1].startswith("gate on / off: median 1.05, range 0.90-1.20 over 2")
+
+
+def test_gate_line_reads_the_gates_own_summary():
+    """lut_repeatability.GateLine parses the line the build logs (Gate.describe) back into the gate's own counts."""
+    import logging
+
+    from lut_repeatability import GateLine
+
+    from latency_lut.bundle_measure import Gate
+
+    gate = Gate({"gate_pct": 10})
+    gate.passes, gate.slow, gate.remeasured, gate.still_slow = 144, 13, 6, 1
+    with GateLine() as line:
+        logging.getLogger("latency_lut.build").info(gate.describe())
+    assert line.counts() == {"gate_remeasured": 6, "gate_passes": 144, "gate_still_slow": 1}
