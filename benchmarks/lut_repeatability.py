@@ -14,7 +14,8 @@ action each, with the independent protocol on (`independent=true`). Reported for
 * within +-10% as built, the drift since the build, within +-10% with each group's drift removed ('now'), Spearman
   and the worst error, as built and now; within +-10% as built over the networks whose own group drifted by less
   than 3% ('steady', with their count);
-* the host gate during the build: the share of group passes it measured again because the host ran slow;
+* the host gate during the build: the share of group passes it measured again because the host ran slow (the CSV
+  also has the passes that ran slow, `gate_slow`);
 * the independent protocol (each network alone, back-to-back runs, shuffled blocks): within +-10% with its
   global drift removed, and its distance from the build's protocol against its own spread;
 * the per-row disagreement between a configuration's builds.
@@ -92,7 +93,9 @@ class GateLine(logging.Handler):
     """Catches the build's 'host gate: L of P group passes ran slow ...; R of them ... measured again; S stayed slow'
     line (latency_lut/build.py, bundle_measure.Gate.describe)."""
 
-    PATTERN = re.compile(r"host gate: \d+ of (?P<p>\d+) group passes .*; (?P<r>\d+) of them.*; (?P<s>\d+) stayed slow")
+    PATTERN = re.compile(
+        r"host gate: (?P<l>\d+) of (?P<p>\d+) group passes .*; (?P<r>\d+) of them.*; (?P<s>\d+) stayed"
+    )
 
     def __init__(self):
         super().__init__(logging.INFO)
@@ -114,8 +117,8 @@ class GateLine(logging.Handler):
         logger.setLevel(self.level)
 
     def counts(self) -> dict[str, int]:
-        r, p, s = (int(self.match[k]) for k in "rps") if self.match else (0, 0, 0)
-        return {"gate_remeasured": r, "gate_passes": p, "gate_still_slow": s}
+        slow, r, p, s = (int(self.match[k]) for k in "lrps") if self.match else (0, 0, 0, 0)
+        return {"gate_slow": slow, "gate_remeasured": r, "gate_passes": p, "gate_still_slow": s}
 
 
 def row_spread(tables: list[LatencyTable]) -> float:
@@ -158,7 +161,7 @@ def main() -> None:
         "cal = predict as built; now = each group's drift removed (its reference networks); alone = the independent",
         "protocol with its global drift removed; gap = its median distance from the build's protocol (spread: its own)",
         "steady = as built, over the networks whose group drifted < 3% (count); gate = the share of the build's group",
-        "passes that the host gate measured again (the host ran > 10% slow)",
+        "passes that the host gate measured again (slow passes of groups with at least half their passes slow)",
         "",
         f"{'config':<20}{'b':>2}{'correction':>11}{'cv err':>7}{'host':>6}{'gate':>6}{'drift':>7}{'±10% cal':>9}"
         f"{'steady':>11}{'±10% now':>9}"

@@ -282,4 +282,4 @@ def test_gate_line_reads_the_gates_own_summary():
     gate.passes, gate.slow, gate.remeasured, gate.still_slow = 144, 13, 6, 1
     with GateLine() as line:
         logging.getLogger("latency_lut.build").info(gate.describe())
-    assert line.counts() == {"gate_remeasured": 6, "gate_passes": 144, "gate_still_slow": 1}
+    assert line.counts() == {"gate_slow": 13, "gate_remeasured": 6, "gate_passes": 144, "gate_still_slow": 1}
