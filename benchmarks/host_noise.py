@@ -115,6 +115,7 @@ def analyse(run: dict) -> dict[str, float]:
         "rule_precision": float((others[rule] > 1 + GATE).mean()) if rule.any() else float("nan"),
         "rule_missed": float((others[~rule] > 1 + GATE).mean()) if (~rule).any() else float("nan"),
         "first_rule": float(first.mean()),
+        "per_chunk": per_chunk,
         "longest_groups": longest,
         "longest_s": longest * per_group,
     }
@@ -134,7 +135,7 @@ def report(run: dict) -> str:
             f"> {GATE * 100:.0f}% slow in {f['precision'] * 100:.0f}% of those, and in {f['missed'] * 100:.1f}% of "
             f"the groups it passed",
             f"longest slow period: {f['longest_groups']} consecutive gated groups ({f['longest_s']:.1f} s)",
-            f"the gate's rule (Gate.limit, {MeasureConfig().passes * MeasureConfig().chunk} groups a chunk) "
+            f"the gate's rule (Gate.limit, {f['per_chunk']} groups a chunk) "
             f"re-measures {f['rule'] * 100:.1f}% of groups; the others were also > {GATE * 100:.0f}% slow in "
             f"{f['rule_precision'] * 100:.0f}% of those, and in {f['rule_missed'] * 100:.1f}% of the groups it passed; "
             f"its first rule (fastest reading + {GATE * 100:.0f}%) re-measured {f['first_rule'] * 100:.1f}%",

@@ -272,15 +272,19 @@ def measure_chunk(
         gate.note(done[k][SENTINEL]["ms"])
     limit = gate.limit()
 
-    def todo() -> list:
-        """The slow passes of groups with at least half their passes slow: a group's median pass (a row's figure)
+    def slow() -> list:
+        return [k for k in done if done[k][SENTINEL]["ms"] > limit]
+
+    def todo(slow: list) -> list:
+        """The `slow` passes of groups with at least half their passes slow: a group's median pass (a row's figure)
         is then slow too. One slow pass of three is left to the combination, which drops it."""
-        slow = [k for k in done if done[k][SENTINEL]["ms"] > limit]
         per_group = Counter(g for _, g in slow)
         return [k for k in slow if 2 * per_group[k[1]] >= passes]
 
-    left = todo()
-    gate.passes, gate.slow = gate.passes + len(done), gate.slow + sum(done[k][SENTINEL]["ms"] > limit for k in done)
+    first = slow()
+    left = todo(first)
+    gate.passes += len(done)
+    gate.slow += len(first)
     gate.remeasured += len(left)
     for attempt in range(gate.retries):
         if not left:
@@ -290,7 +294,7 @@ def measure_chunk(
             again = timed(k[1])
             if again[SENTINEL]["ms"] < done[k][SENTINEL]["ms"]:
                 done[k] = again
-        left = todo()
+        left = todo(slow())
     gate.still_slow += len(left)
     return done
 
