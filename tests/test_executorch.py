@@ -73,8 +73,13 @@ def test_executorch_lut_builds_calibrates_and_prices_networks(tmp_path):
     assert table.meta["backend"] == "executorch" and str(table.meta["versions"]).startswith("executorch=")
     assert table.call_ms > 0 and table.calibration is not None and len(table.networks()) == 4
     assert (table.df.loc[table.df["kind"] == "net", "ms"] > 0).all()
-    full = compose("build_lut", ET, BuildLUTConfig).space.max_spec(10)  # costs more than itself with a stage emptied
-    assert table.predict(full) > table.predict(full.with_stage(2, StageSpec(16, ()))) > 0
+    # costs more than itself with every stage after the first emptied (several blocks' rows: one 16-wide block's row
+    # alone can measure as nothing at these short settings on a noisy host)
+    full = compose("build_lut", ET, BuildLUTConfig).space.max_spec(10)
+    emptied = full
+    for i in range(1, len(full.stages)):
+        emptied = emptied.with_stage(i, StageSpec(16, ()))
+    assert table.predict(full) > table.predict(emptied) > 0
 
 
 def blocked_python(root: Path, allow: set[str]) -> Path:
