@@ -12,9 +12,8 @@ action each, with the independent protocol on (`independent=true`). Reported for
 
 * the chosen correction and its leave-one-out error, and how much the machine's speed varied during the build;
 * within +-10% as built, the drift since the build, within +-10% with each group's drift removed ('now'), Spearman
-  and the worst error, as built and now; 'now' also with each group's own references alone ('own', the reading
-  before `measure.group_drifts` drew it towards its chunk's); within +-10% as built over the networks whose own
-  group drifted by less than 3% ('steady', with their count);
+  and the worst error, as built and now; within +-10% as built over the networks whose own group drifted by less
+  than 3% ('steady', with their count);
 * the host gate during the build: the share of group passes it measured again because the host ran slow (the CSV
   also has the passes that ran slow, `gate_slow`);
 * the independent protocol (each network alone, back-to-back runs, shuffled blocks): within +-10% with its
@@ -82,8 +81,6 @@ def build_and_validate(
     row.update(within10_cal=cal["within_10pct"], within10_now=now["within_10pct"], within10_raw=raw["within_10pct"])
     row.update(spearman_cal=cal["spearman"], spearman_now=now["spearman"], worst_cal=cal["worst_abs_pct_err"])
     row.update(worst_now=now["worst_abs_pct_err"], median_abs_err_now=now["median_abs_pct_err"])
-    own = f["recalibrated_group"]  # each group's own references alone, before measure.group_drifts
-    row.update(within10_now_own=own["within_10pct"], spearman_now_own=own["spearman"])
     row.update(within10_alone=alone["within_10pct"], spearman_alone=alone["spearman"], alone_drift=f["alone_drift"])
     row.update(alone_gap=f["alone_agreement"]["median_gap"], alone_spread=f["alone_agreement"]["median_spread"])
     row.update(sign_agree=f["actions"]["sign_agree"], networks=len(df))
@@ -161,16 +158,14 @@ def main() -> None:
         f"LUT method across configurations: space={a.space}, {a.builds} fresh builds each, {a.samples} held-out "
         f"networks per validation; CPU {device_name()}; {time.time() - t_start:.0f} s in all",
         "config = backend:threads:input:batch; host = the machine's variation during the build (calibration visits);",
-        "cal = predict as built; now = each group's drift removed (its reference networks, drawn towards its chunk's:",
-        "measure.group_drifts; own = each group's own references alone, as before that); alone = the independent",
+        "cal = predict as built; now = each group's drift removed (its reference networks); alone = the independent",
         "protocol with its global drift removed; gap = its median distance from the build's protocol (spread: its own)",
         "steady = as built, over the networks whose group drifted < 3% (count); gate = the share of the build's group",
         "passes that the host gate measured again (slow passes of groups with at least half their passes slow)",
         "",
         f"{'config':<20}{'b':>2}{'correction':>11}{'cv err':>7}{'host':>6}{'gate':>6}{'drift':>7}{'±10% cal':>9}"
-        f"{'steady':>11}{'±10% now':>9}{'own':>5}"
-        f"{'ρ cal':>7}{'ρ now':>7}{'own':>6}{'worst now':>10}{'±10% alone':>11}{'gap':>6}{'spread':>7}{'sign':>6}"
-        f"{'rows±':>7}",
+        f"{'steady':>11}{'±10% now':>9}"
+        f"{'ρ cal':>7}{'ρ now':>7}{'worst now':>10}{'±10% alone':>11}{'gap':>6}{'spread':>7}{'sign':>6}{'rows±':>7}",
     ]
     for r in rows:
         gate = r["gate_remeasured"] / r["gate_passes"] * 100 if r["gate_passes"] else float("nan")
@@ -178,8 +173,7 @@ def main() -> None:
             f"{r['config']:<20}{r['build']:>2}{r['correction']:>11}{r['cv_error'] * 100:>6.1f}%"
             f"{r['host_variation'] * 100:>5.1f}%{gate:>5.0f}%{r['drift'] * 100:>+6.1f}%{r['within10_cal'] * 100:>8.0f}%"
             f"{r['within10_steady'] * 100:>6.0f}% ({r['steady_networks']:>2})"
-            f"{r['within10_now'] * 100:>8.0f}%{r['within10_now_own'] * 100:>4.0f}%{r['spearman_cal']:>7.3f}"
-            f"{r['spearman_now']:>7.3f}{r['spearman_now_own']:>6.3f}{r['worst_now']:>9.1f}%"
+            f"{r['within10_now'] * 100:>8.0f}%{r['spearman_cal']:>7.3f}{r['spearman_now']:>7.3f}{r['worst_now']:>9.1f}%"
             f"{r['within10_alone'] * 100:>10.0f}%{r['alone_gap'] * 100:>5.1f}%{r['alone_spread'] * 100:>6.1f}%"
             f"{r['sign_agree'] * 100:>5.0f}%{spreads[r['config']]:>6.1f}%"
         )

@@ -271,43 +271,6 @@ def pack(units: list[list[Any]], size: int) -> list[list[Any]]:
     return groups + ([group] if group else [])
 
 
-def group_drifts(chunks: Sequence[Sequence[Sequence[float]]]) -> list[list[float]]:
-    """Each group's drift from its references' readings (now / at build), given per chunk, per group.
-
-    A group's own references are an unbiased but noisy reading of the machine's speed while the group ran: each
-    reference's timing now, and its latency at build time, carry their own error, and a group holds only a few of
-    them. The groups of a chunk ran in the same passes, over the same stretch of time, so their mean is a far
-    steadier reading of that stretch but misses a slow period that covered one group only. Each group's log-drift
-    is therefore shrunk towards its chunk's mean (empirical Bayes, as in one-way random effects):
-    `chunk + w (group - chunk)`, `w = tau^2 / (tau^2 + sigma^2 / n)`, with `sigma^2` the references' variance
-    within a group (pooled over all groups, in logs), `n` the references per group, and `tau^2` how much more
-    the groups' means vary within a chunk than `sigma^2 / n` explains. References that agree within each group
-    keep every group's own reading (w = 1); references that scatter as much within groups as between them give
-    every group its chunk's reading (w = 0). With one reference per group `sigma^2` is unknown: each group keeps
-    its own reading. A group without references reads 1.
-
-    >>> group_drifts([[[1.0, 1.0], [1.5, 1.5], [1.0, 1.0]]])  # a slow group whose references agree: kept
-    [[1.0, 1.5, 1.0]]
-    >>> [[round(d, 3) for d in c] for c in group_drifts([[[1.1, 0.9], [0.9, 1.1], [1.0, 1.0]]])]  # noise: pooled
-    [[0.997, 0.997, 0.997]]
-    >>> group_drifts([[[1.2], [1.0]], [[]]])  # one reference per group: its own; none: 1
-    [[1.2, 1.0], [1.0]]
-    """
-    logs = [[np.log(np.asarray(g, dtype=float)) for g in c] for c in chunks]  # per chunk, per group
-    read = [[x for x in c if len(x)] for c in logs]  # the groups with references
-    centres = [float(np.mean([x.mean() for x in c])) if c else 0.0 for c in read]
-    within = [x for c in read for x in c if len(x) > 1]
-    w = 1.0  # one reference per group: the references' own noise is unknown, each group keeps its reading
-    if within:
-        n = float(np.mean([len(x) for x in within]))
-        sigma2 = sum(float(((x - x.mean()) ** 2).sum()) for x in within) / sum(len(x) - 1 for x in within)
-        between = sum((float(x.mean()) - m) ** 2 for c, m in zip(read, centres) for x in c)
-        dof = sum(max(len(c) - 1, 0) for c in read)
-        tau2 = max(between / dof - sigma2 / n, 0.0) if dof else 0.0
-        w = tau2 / (tau2 + sigma2 / n) if sigma2 > 0 else 1.0
-    return [[float(np.exp(m + w * (x.mean() - m))) if len(x) else 1.0 for x in c] for c, m in zip(logs, centres)]
-
-
 def measure_networks(
     specs: Sequence[ArchSpec] | Sequence[Sequence[ArchSpec]],
     backend: Backend,
@@ -323,11 +286,10 @@ def measure_networks(
     Results follow the input order (flattened).
 
     With `references` (networks with their latency at build time, e.g. `LatencyTable.networks()`), every group
-    also times `cfg.references` of them, cycling through the list, and each result gets `drift`: its group's
-    reading of now / at build, from its own references shrunk towards its chunk's (`group_drifts`). `ms / drift`
-    then reads the network as the machine ran during the build, so drift since the build, and a slow period of the
-    host that covers one group, cancel instead of deciding. `group_drift` is the median of the group's own
-    references alone (the reading before `group_drifts`). Without references, both are 1."""
+    also times `cfg.references` of them, cycling through the list, and each result gets `drift`: the median over
+    its group's references of (now / at build). `ms / drift` then reads the network as the machine ran during the
+    build, so a slow period of the host that covers one group cancels instead of deciding. Without references,
+    `drift` is 1."""
     units = [list(u) for u in specs] if specs and not isinstance(specs[0], ArchSpec) else [[s] for s in specs]
     rng = random.Random(seed)
     order = list(range(len(units)))
@@ -346,26 +308,22 @@ def measure_networks(
             g.append(len(nets))
             nets.append(spec)
     results: dict[int, dict[str, float]] = {}
-    chunks: list[list[list[int]]] = []
+    drift: dict[int, float] = {}
 
     def on_chunk(chunk: list[list[int]], per_pass: dict[Any, list[dict[str, float]]]) -> None:
         results.update({i: combine_passes(p, whole=True) for i, p in per_pass.items()})
-        chunks.append(chunk)
-        if progress is not None:
-            progress.update(sum(i not in then for g in chunk for i in g))
+        for g in chunk:
+            ratios = [results[i]["ms"] / then[i] for i in g if i in then]
+            drift.update({i: float(np.median(ratios)) if ratios else 1.0 for i in g if i not in then})
+            if progress is not None:
+                progress.update(sum(i not in then for i in g))
 
     prepare = lambda i: backend.prepare(*network_module(nets[i], batch))  # noqa: E731
     sentinel = backend.prepare(*network_module(sentinel_spec(flat[0]), batch)) if cfg.gate_pct > 0 and flat else None
     gate = measure_in_passes(groups, prepare, backend, cfg, rng, on_chunk, sentinel)
     if gate.remeasured:
         log.info(gate.describe())
-    ratios = [[[results[i]["ms"] / then[i] for i in g if i in then] for g in c] for c in chunks]
-    drift, own = {}, {}
-    for c, r, d in zip(chunks, ratios, group_drifts(ratios)):
-        for g, rg, dg in zip(c, r, d):
-            drift.update({i: dg for i in g if i not in then})
-            own.update({i: float(np.median(rg)) if rg else 1.0 for i in g if i not in then})
-    return [{**results[i], "drift": drift[i], "group_drift": own[i]} for i in range(len(flat))]
+    return [{**results[i], "drift": drift[i]} for i in range(len(flat))]
 
 
 def measure_alone(

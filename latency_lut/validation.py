@@ -10,12 +10,10 @@ Drift: every interleaved group also times `measure.references` of the table's ow
 latency at build time the table holds (`measure_networks(references=...)`). Their ratio now / then is the
 machine's drift since the build, read per group: 'recalibrated now' compares each network, divided by its own
 group's drift, with `predict`, so that a slow period of the host that covers one group cancels instead of
-deciding. A group's reading is its references' drawn towards the mean of its chunk (the groups measured in the
-same passes) as far as the references' own scatter warrants (`measure.group_drifts`); the figures with each
-group's own references alone are printed beneath. The median over the held-out networks of their groups' drift
-is the global drift, printed beside the as-built figures (the held-out networks stay out of every fit). The
-as-built figures are also given over the networks whose own group drifted by less than `STEADY_DRIFT` ('as built,
-steady groups'): how the table predicts while the machine runs as it did during the build.
+deciding. The median over the held-out networks of their groups' drift is the global drift, printed beside the
+as-built figures (the held-out networks stay out of every fit). The as-built figures are also given over the
+networks whose own group drifted by less than `STEADY_DRIFT` ('as built, steady groups'): how the table predicts
+while the machine runs as it did during the build.
 
 Independent protocol (`independent=true`): the same held-out networks, and the calibration networks for the
 drift, timed again the way a deployment benchmark times a model (`measure_alone`: each network alone, warm-up,
@@ -171,7 +169,6 @@ def validate_lut(cfg: ValidateLUTConfig) -> Validation:
     }
     if fit:
         figures["recalibrated"] = error_stats(df["recalibrated_ms"].to_numpy(), meas)
-        figures["recalibrated_group"] = error_stats(df["recalibrated_group_ms"].to_numpy(), meas)
         figures["drift"] = float(np.median(df["drift"]) - 1)
         steady = df[(df["drift"] - 1).abs() < STEADY_DRIFT]
         if len(steady) >= 3:  # too few for a rank correlation otherwise
@@ -241,14 +238,12 @@ def network_frame(specs: list[ArchSpec], measured: dict[str, dict], table: Laten
             "measured_ms": [m["ms"] for m in meas],
             "measured_p25_ms": [m["p25_ms"] for m in meas],
             "measured_p75_ms": [m["p75_ms"] for m in meas],
-            "drift": [m["drift"] for m in meas],  # its group's reading of now / at build (1 without references)
-            "group_drift": [m["group_drift"] for m in meas],  # its group's own references alone
+            "drift": [m["drift"] for m in meas],  # its group's references: now / at build (1 without references)
         }
     )
     df["pct_err"] = (df["predicted_ms"] - df["measured_ms"]) / df["measured_ms"] * 100
     df["raw_pct_err"] = (df["raw_ms"] - df["measured_ms"]) / df["measured_ms"] * 100
     df["recalibrated_ms"] = df["predicted_ms"] * df["drift"]  # the prediction at the machine's speed now
-    df["recalibrated_group_ms"] = df["predicted_ms"] * df["group_drift"]
     return df
 
 
@@ -294,8 +289,6 @@ def report(df: pd.DataFrame, figures: dict[str, dict[str, float]], table: Latenc
         rows.append((f"as built, steady groups ({figures['steady']['networks']})", "steady"))
     if "recalibrated" in figures:
         rows.append(("recalibrated now (group drift)", "recalibrated"))
-    if "recalibrated_group" in figures:
-        rows.append(("  its own references alone", "recalibrated_group"))
     if "alone_raw" in figures:
         rows += [
             ("independent protocol, raw", "alone_raw"),
@@ -312,9 +305,7 @@ def report(df: pd.DataFrame, figures: dict[str, dict[str, float]], table: Latenc
             f"machine drift since the build: {figures['drift'] * 100:+.1f}% (median over networks of their group's "
             f"references, now / at build; per group from {df['drift'].min() * 100 - 100:+.1f}% to "
             f"{df['drift'].max() * 100 - 100:+.1f}%); 'recalibrated now' divides each network by its own group's "
-            f"drift, its references' reading drawn towards its chunk's as far as their own scatter warrants "
-            f"(measure.group_drifts; 'its own references alone': not drawn); 'steady groups': the networks whose "
-            f"group drifted by less than {STEADY_DRIFT * 100:.0f}% (count)"
+            f"drift; 'steady groups': the networks whose group drifted by less than {STEADY_DRIFT * 100:.0f}% (count)"
         )
     if "alone_agreement" in figures:
         a, spread = figures["alone_agreement"], figures["alone_agreement"]["median_spread"] * 100

@@ -221,6 +221,9 @@ def test_main_job_runs_in_abba_order_and_reports_ratios_of_mean_wall_times(tmp_p
     assert line.endswith("test top-1 90.00 against 89.50% (+0.50)")
     with pytest.raises(SystemExit, match="missing: fp32-nchw-s0, defaults-s0"):
         main_job.main(["--report", "--work", str(tmp_path), "--seeds", "0"])
+    with pytest.raises(SystemExit, match="missing: issue-23-s0, defaults-s0, defaults-s1, issue-23-s1"):
+        main_job.main(["--report", "--work", str(tmp_path), "--seeds", "0", "1", "--variants", "issue-23", "defaults"])
+    assert main_job.VARIANTS["issue-23"] == ["supernet.hard=false", "train.amp=off", "train.channels_last=false"]
 
 
 def test_host_noise_figures_by_hand():
