@@ -18,7 +18,9 @@ action each, with the independent protocol on (`independent=true`). Reported for
   also has the passes that ran slow, `gate_slow`);
 * the independent protocol (each network alone, back-to-back runs, shuffled blocks): within +-10% with its
   global drift removed, and its distance from the build's protocol against its own spread;
-* the per-row disagreement between a configuration's builds.
+* the per-row disagreement between a configuration's builds;
+* the same build's table as timed, without reading its passes against the sentinel (`LatencyTable.load(as_timed=
+  True)`, the rows' `raw_ms`), on the same validation measurements: a paired comparison of `measure.normalize`.
 
 Builds and validations run one after another, never two timings at once. Output: a table on stdout, `OUT.txt`,
 `OUT.csv` (one row per build) and `OUT_networks.csv` (every held-out network of every build).
@@ -40,7 +42,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from latency_lut.bundle_measure import device_name  # noqa: E402
-from latency_lut.table import KEY_COLUMNS, LAYER_KINDS, LatencyTable  # noqa: E402
+from latency_lut.table import KEY_COLUMNS, LAYER_KINDS, LatencyTable, decode_stages  # noqa: E402
+from latency_lut.validation import error_stats  # noqa: E402
 from nas.build_lut import BuildLUTConfig  # noqa: E402
 from nas.build_lut import run as build_lut  # noqa: E402
 from nas.config import compose  # noqa: E402
@@ -86,7 +89,28 @@ def build_and_validate(
     row.update(sign_agree=f["actions"]["sign_agree"], networks=len(df))
     steady = f.get("steady", {"within_10pct": np.nan, "networks": 0})
     row.update(within10_steady=steady["within_10pct"], steady_networks=steady["networks"], **gate.counts())
+    timed = LatencyTable.load(lut, as_timed=True)
+    cal_t, now_t = as_timed_figures(timed, df)
+    row.update(host_variation_timed=table.host_variation_as_timed, within10_cal_timed=cal_t["within_10pct"])
+    row.update(within10_now_timed=now_t["within_10pct"], spearman_cal_timed=cal_t["spearman"])
+    row.update(spearman_now_timed=now_t["spearman"], correction_timed=timed.calibration.name)
     return row, table, df
+
+
+def as_timed_figures(timed: LatencyTable, df: pd.DataFrame) -> tuple[dict, dict]:
+    """The figures of the same build's table as timed (its rows not read against the sentinel) on the same
+    validation measurements: as built, and with each group's drift removed, the drift read from the group's
+    references now (`references`) against the as-timed table's own calibration networks."""
+    then = [ms for _, ms in timed.networks()]
+    pred = np.array([timed.predict(decode_stages(a, timed.base_spec())) for a in df["arch"]])
+    drift = np.array(
+        [
+            np.median([float(ms) / then[int(k)] for k, ms in (x.split(":") for x in r.split(";"))])
+            for r in df["references"]
+        ]
+    )
+    meas = df["measured_ms"].to_numpy()
+    return error_stats(pred, meas), error_stats(pred * drift, meas)
 
 
 class GateLine(logging.Handler):
@@ -162,10 +186,13 @@ def main() -> None:
         "protocol with its global drift removed; gap = its median distance from the build's protocol (spread: its own)",
         "steady = as built, over the networks whose group drifted < 3% (count); gate = the share of the build's group",
         "passes that the host gate measured again (slow passes of groups with at least half their passes slow)",
+        "as timed = the same build's table without reading its passes against the sentinel (raw_ms), on the same",
+        "validation: its host variation, ±10% as built and now, Spearman now (side by side with the table's own)",
         "",
         f"{'config':<20}{'b':>2}{'correction':>11}{'cv err':>7}{'host':>6}{'gate':>6}{'drift':>7}{'±10% cal':>9}"
         f"{'steady':>11}{'±10% now':>9}"
-        f"{'ρ cal':>7}{'ρ now':>7}{'worst now':>10}{'±10% alone':>11}{'gap':>6}{'spread':>7}{'sign':>6}{'rows±':>7}",
+        f"{'ρ cal':>7}{'ρ now':>7}{'worst now':>10}{'±10% alone':>11}{'gap':>6}{'spread':>7}{'sign':>6}{'rows±':>7}"
+        f"  | as timed:{'host':>6}{'±10% cal':>9}{'now':>6}{'ρ now':>7}",
     ]
     for r in rows:
         gate = r["gate_remeasured"] / r["gate_passes"] * 100 if r["gate_passes"] else float("nan")
@@ -175,7 +202,9 @@ def main() -> None:
             f"{r['within10_steady'] * 100:>6.0f}% ({r['steady_networks']:>2})"
             f"{r['within10_now'] * 100:>8.0f}%{r['spearman_cal']:>7.3f}{r['spearman_now']:>7.3f}{r['worst_now']:>9.1f}%"
             f"{r['within10_alone'] * 100:>10.0f}%{r['alone_gap'] * 100:>5.1f}%{r['alone_spread'] * 100:>6.1f}%"
-            f"{r['sign_agree'] * 100:>5.0f}%{spreads[r['config']]:>6.1f}%"
+            f"{r['sign_agree'] * 100:>5.0f}%{spreads[r['config']]:>6.1f}%  |          "
+            f"{r['host_variation_timed'] * 100:>5.1f}%{r['within10_cal_timed'] * 100:>8.0f}%"
+            f"{r['within10_now_timed'] * 100:>5.0f}%{r['spearman_now_timed']:>7.3f}"
         )
     text = "\n".join(lines)
     print(text)

@@ -209,9 +209,11 @@ def recalibrate(out: Path, backend, cfg: BuildLUTConfig) -> Path:
     rows = df.index[df["kind"] == "net"]  # every visit is re-timed (measure_networks spreads repeats in time)
     base = table.base_spec()
     specs = [decode_stages(arch, base) for arch in df.loc[rows, "arch"]]  # each readable: networks() read them
-    stats = measure_networks(specs, backend, cfg.measure, int(table.meta["batch"]), cfg.measure.seed)
+    m, batch = cfg.measure, int(table.meta["batch"])
+    stats = measure_networks(specs, backend, m, batch, m.seed, normalize=m.normalize)  # as the build read its rows
+    cols = ["ms", "p25_ms", "p75_ms", "runs", "raw_ms"]
     for i, st in zip(rows, stats):
-        df.loc[i, ["ms", "p25_ms", "p75_ms", "runs"]] = [st["ms"], st["p25_ms"], st["p75_ms"], st["runs"]]
+        df.loc[i, cols] = [st[c] for c in cols]
     write_csv_atomic(df, out)
     after = LatencyTable.load(out).calibration.describe()
     log.info("recalibrated %s on %d networks (%d visits): %s -> %s", out, len(nets), len(rows), before, after)

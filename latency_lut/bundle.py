@@ -175,10 +175,11 @@ def read_bundle(folder: Path) -> tuple[dict[str, Any], dict[str, Any], list[tupl
     base = ArchSpec.from_dict(manifest["base"])
     items = {it["id"]: parse_item(it, base) for it in manifest["items"]}
     per_pass: dict[Any, list[dict[str, float]]] = {}
+    df = df.assign(host=df["host"].fillna(1.0) if "host" in df.columns else 1.0)  # an older measure.py: none
     for r in df.sort_values(["item", "pass"]).itertuples():
         if r.item in items:
             st = {"ms": float(r.ms), "p25_ms": float(r.p25_ms), "p75_ms": float(r.p75_ms), "runs": int(r.runs)}
-            per_pass.setdefault(items[r.item], []).append(st)
+            per_pass.setdefault(items[r.item], []).append({**st, "host": float(r.host)})
     first = df.iloc[0]
     runtime = str(first["runtime"])
     meta = {**manifest["meta"], "device": str(first["device"]), "versions": runtime, "threads": int(first["threads"])}

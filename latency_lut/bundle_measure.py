@@ -13,7 +13,9 @@ model runs `runs_per_round` times back to back, in a freshly shuffled order each
 measured `passes` times, so that a slow period of the device biases one pass only. Each model's figure per pass is
 the `percentile` of its timings. Every group also times the bundle's sentinel model: a pass in which it ran more
 than `gate_pct` % slower than its recent median, and beyond its own scatter, is measured again after a pause (the
-host gate; the printed summary says how often). Each finished chunk is appended to timings.csv at once (with the
+host gate; the printed summary says how often), and with `normalize` in the manifest every model of a pass is read
+against the sentinel (divided by its reading / its recent median; the `host` column keeps that factor, so the
+timing as measured is ms x host). Each finished chunk is appended to timings.csv at once (with the
 device's name and the runtime versions), so an interrupted run loses at most the chunk in flight and resumes after
 it.
 Back on the machine with efficientvit-nas: `python -m nas.build_lut from_bundle=DIR out=lut.csv`.
@@ -33,6 +35,7 @@ from collections import Counter, deque
 from pathlib import Path
 
 FIELDS = ["item", "pass", "ms", "p25_ms", "p75_ms", "runs", "device", "runtime", "threads"]
+WRITTEN = [*FIELDS, "host"]  # host: the pass's sentinel / its recent median (1: not read against the sentinel)
 
 
 def cpu_model() -> str | None:
@@ -239,6 +242,13 @@ class Gate:
         fence = q3 + 1.5 * (q3 - q1) if len(ms) >= 8 else 0.0  # fewer readings cannot tell their scatter
         return float(max(median * (1 + self.pct / 100), fence))
 
+    def median(self) -> float:
+        """The median of the sentinel's readings in the window (as `limit` last trimmed it): the host's recent
+        typical speed, which `measure_chunk` reads every pass against when it normalizes."""
+        import numpy as np
+
+        return float(np.median([r for _, r in self.readings]))
+
     def describe(self) -> str:
         if not self.passes:
             return "host gate: off"
@@ -256,7 +266,8 @@ def measure_chunk(
     chunk's groups, so that the passes of one group are apart in time. With a `sentinel` runner and a `gate` whose
     pct > 0, every group also times the sentinel, and the passes whose sentinel read above `gate.limit()`, of
     groups with at least half their passes so slow, are measured again after a pause (doubling), at most `retries`
-    times, keeping the fastest try."""
+    times, keeping the fastest try. With `m["normalize"]` too, every item of a pass is then read against the
+    sentinel (`normalize`)."""
     gated = sentinel is not None and gate is not None and gate.pct > 0
     runners = {**runners, SENTINEL: sentinel} if gated else runners
 
@@ -281,6 +292,7 @@ def measure_chunk(
         per_group = Counter(g for _, g in slow)
         return [k for k in slow if 2 * per_group[k[1]] >= passes]
 
+    ref = gate.median()  # the host's recent typical speed, as the sentinel reads it (first tries only)
     first = slow()
     left = todo(first)
     gate.passes += len(done)
@@ -296,7 +308,28 @@ def measure_chunk(
                 done[k] = again
         left = todo(slow())
     gate.still_slow += len(left)
-    return done
+    return normalize(done, ref) if m.get("normalize", False) else done
+
+
+def normalize(done: dict, ref: float) -> dict:
+    """Each pass's items read against its sentinel: divided by `host` = sentinel reading / `ref` (the sentinel's
+    recent median), so that a pass timed while the whole host ran x% slow reads as if it had run at the host's
+    typical speed. `host` is kept in each item's statistics; times it gives the reading back.
+
+    >>> done = {(0, 0): {"a": {"ms": 2.4, "p25_ms": 2.4, "p75_ms": 3.0, "runs": 5}, SENTINEL: {"ms": 1.2}}}
+    >>> normalize(done, 1.0)[(0, 0)]["a"]
+    {'ms': 2.0, 'p25_ms': 2.0, 'p75_ms': 2.5, 'runs': 5, 'host': 1.2}
+    """
+    out = {}
+    for k, stats in done.items():
+        host = stats[SENTINEL]["ms"] / ref
+        out[k] = {
+            item: st
+            if item == SENTINEL
+            else {**st, **{c: st[c] / host for c in ("ms", "p25_ms", "p75_ms")}, "host": host}
+            for item, st in stats.items()
+        }
+    return out
 
 
 def done_items(path: Path, passes: int) -> set[str]:
@@ -313,7 +346,7 @@ def done_items(path: Path, passes: int) -> set[str]:
 def append_rows(path: Path, rows: list[dict]) -> None:
     new = not path.is_file()
     with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, FIELDS)
+        w = csv.DictWriter(f, WRITTEN)
         if new:
             w.writeheader()
         w.writerows(rows)
@@ -359,7 +392,8 @@ def main() -> None:
         rows = []
         for (q, g), stats in sorted(measure_chunk(chunk, runners, m, rng, time_runs, sentinel, gate).items()):
             for name in chunk[g]:
-                row = {"item": name, "pass": q, **stats[name], "device": device, "runtime": runtime.version}
+                row = {"item": name, "pass": q, "host": 1.0, **stats[name], "device": device}
+                row["runtime"] = runtime.version
                 rows.append({**row, "threads": threads})
         append_rows(out, rows)
         eta = (time.time() - t_start) / (k + 1) * (len(todo) - k - 1)

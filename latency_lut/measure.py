@@ -29,6 +29,14 @@ sentinel was fastest is kept); a lone slow pass is left to the combination of pa
 through periods of seconds in which everything runs up to 2x slower, most of all at as many threads as it has cores
 (benchmarks/README.md section 9). Such a period outlasts all passes of a chunk, so combining passes cannot remove
 it; re-measuring after it has passed can. `Gate` counts what the gate did.
+
+Read against the sentinel (`normalize`, on for a build): the gate only acts on passes more than `gate_pct` slow, but
+the host's speed wanders by less than that all the time, and for minutes. So a build divides every item of a pass by
+that pass's sentinel reading relative to the sentinel's recent median (`bundle_measure.normalize`): the table then
+holds each row at the host's typical speed during the build, whenever it was timed. Each row also keeps `raw_ms`,
+the same combination of its passes as timed, and the table says how much its calibration networks varied both ways.
+Whole networks measured for validation, `--verify` and export are read as timed (`measure_networks`): they are the
+yardstick, what a deployment benchmark would see.
 """
 
 from __future__ import annotations
@@ -79,6 +87,9 @@ class MeasureConfig:
     gate_wait_s: float = 0.25  # pause before the first re-measurement, doubled before each further one (0.25,
     # 0.5, 1, 2 s): 69-100% of the host's slow periods ended within 1 s, 92-100% within 4 s (benchmarks/README.md s. 9)
     gate_window_s: float = 300.0  # the sentinel's median is taken over this window: slow drift passes the gate
+    normalize: bool = True  # a build reads every group pass against its sentinel (bundle_measure.normalize): the
+    # rows then hold the host's typical speed over the build, not the speed of the seconds each was timed in.
+    # Validation, --verify and export measure plainly (measure_networks), as a deployment benchmark would
 
 
 @dataclass(frozen=True)
@@ -213,6 +224,20 @@ def measure_interleaved(
     return [stats[k] for k in runners]
 
 
+def as_timed(st: dict[str, float]) -> dict[str, float]:
+    """An item's statistics of one pass as they were timed, before `bundle_measure.normalize` read them against
+    the sentinel (the same statistics where they were not)."""
+    host = st.get("host", 1.0)
+    return {**st, **{c: st[c] * host for c in ("ms", "p25_ms", "p75_ms")}, "host": 1.0}
+
+
+def combine_both(passes: list[dict[str, float]], whole: bool) -> dict[str, float]:
+    """`combine_passes`, with `raw_ms`: the same combination of the passes as they were timed (`as_timed`), so a
+    table also records what it would hold had it not been read against the sentinel."""
+    raw = combine_passes([as_timed(st) for st in passes], whole)
+    return {k: v for k, v in combine_passes(passes, whole).items() if k != "host"} | {"raw_ms": raw["ms"]}
+
+
 def combine_passes(passes: list[dict[str, float]], whole: bool) -> dict[str, float]:
     """One item's statistics from several passes. A whole network (or the per-call overhead) keeps its fastest
     pass, since interference only ever slows a network down; a layer row, a difference that noise moves either
@@ -279,17 +304,20 @@ def measure_networks(
     seed: int = 0,
     references: Sequence[tuple[ArchSpec, float]] = (),
     progress: Any = None,  # a tqdm bar (anything with update(n)), advanced by each group's networks (not references)
+    normalize: bool = False,
 ) -> list[dict[str, float]]:
     """Whole fused deploy networks timed in interleaved groups of `cfg.interleave` and `cfg.passes` passes, as the
     table's own items are: the one way this project measures a network (validation, calibration, `nas.slim
     --verify`, export). Pass lists of specs (units) to keep networks whose difference matters in one group.
-    Results follow the input order (flattened).
+    Results follow the input order (flattened). Timings are as measured, whatever `cfg.normalize` says: what a
+    deployment benchmark would read. `normalize=True` reads them against the sentinel as a build does (re-timing a
+    table's calibration networks); `raw_ms` is then the plain reading.
 
     With `references` (networks with their latency at build time, e.g. `LatencyTable.networks()`), every group
     also times `cfg.references` of them, cycling through the list, and each result gets `drift`: the median over
     its group's references of (now / at build). `ms / drift` then reads the network as the machine ran during the
-    build, so a slow period of the host that covers one group cancels instead of deciding. Without references,
-    `drift` is 1."""
+    build, so a slow period of the host that covers one group cancels instead of deciding. `references` holds the
+    group's readings of them now, as (position in `references`, ms). Without references, `drift` is 1."""
     units = [list(u) for u in specs] if specs and not isinstance(specs[0], ArchSpec) else [[s] for s in specs]
     rng = random.Random(seed)
     order = list(range(len(units)))
@@ -300,30 +328,35 @@ def measure_networks(
     n_refs = min(max(cfg.references, 0), len(references)) if references else 0
     size = max(cfg.interleave - n_refs, 1)
     groups = pack([list(range(offsets[k], offsets[k + 1])) for k in order], size)
-    nets, then = list(flat), {}  # each reference occurrence is an item of its own: its group's reading
+    nets, then, which = list(flat), {}, {}  # each reference occurrence is an item of its own: its group's reading
     for g in groups:  # each group's references, cycling so that every reference is re-timed as often as any
         for _ in range(n_refs):
-            spec, ms = references[(len(nets) - len(flat)) % len(references)]
+            which[len(nets)] = (len(nets) - len(flat)) % len(references)  # its position in `references`
+            spec, ms = references[which[len(nets)]]
             then[len(nets)] = ms
             g.append(len(nets))
             nets.append(spec)
     results: dict[int, dict[str, float]] = {}
     drift: dict[int, float] = {}
+    refs: dict[int, tuple[tuple[int, float], ...]] = {}
 
     def on_chunk(chunk: list[list[int]], per_pass: dict[Any, list[dict[str, float]]]) -> None:
-        results.update({i: combine_passes(p, whole=True) for i, p in per_pass.items()})
+        results.update({i: combine_both(p, whole=True) for i, p in per_pass.items()})
         for g in chunk:
             ratios = [results[i]["ms"] / then[i] for i in g if i in then]
             drift.update({i: float(np.median(ratios)) if ratios else 1.0 for i in g if i not in then})
+            readings = tuple((which[i], results[i]["ms"]) for i in g if i in then)
+            refs.update({i: readings for i in g if i not in then})
             if progress is not None:
                 progress.update(sum(i not in then for i in g))
 
     prepare = lambda i: backend.prepare(*network_module(nets[i], batch))  # noqa: E731
     sentinel = backend.prepare(*network_module(sentinel_spec(flat[0]), batch)) if cfg.gate_pct > 0 and flat else None
+    cfg = dataclasses.replace(cfg, normalize=normalize)
     gate = measure_in_passes(groups, prepare, backend, cfg, rng, on_chunk, sentinel)
     if gate.remeasured:
         log.info(gate.describe())
-    return [{**results[i], "drift": drift[i]} for i in range(len(flat))]
+    return [{**results[i], "drift": drift[i], "references": refs[i]} for i in range(len(flat))]
 
 
 def measure_alone(
@@ -368,6 +401,7 @@ def chain_difference(with_row: dict[str, float], without: dict[str, float]) -> d
         "p25_ms": max(with_row["p25_ms"] - base, 0.0),
         "p75_ms": max(with_row["p75_ms"] - base, 0.0),
         "runs": with_row["runs"],
+        "host": with_row.get("host", 1.0),  # both chains ran in one group pass, against one sentinel reading
     }
 
 
@@ -386,15 +420,16 @@ def plan_groups(items: Sequence[Item], cfg: MeasureConfig) -> list[list[Any]]:
 
 def results_of(measured: Sequence[Any], per_pass: dict[Any, list[dict[str, float]]]) -> list[tuple[Item, dict]]:
     """Table items from measured ones and their statistics per pass: a layer row from its two chains (the median
-    pass of their difference), a network or the per-call overhead from its own passes (the fastest)."""
+    pass of their difference), a network or the per-call overhead from its own passes (the fastest); with `raw_ms`,
+    the same from the passes as timed (`combine_both`)."""
     done = []
     for it in measured:
         if isinstance(it, Chain):
             if it.with_row:
                 diffs = [chain_difference(a, b) for a, b in zip(per_pass[it], per_pass[Chain(it.row, False)])]
-                done.append((it.row, combine_passes(diffs, whole=False)))
+                done.append((it.row, combine_both(diffs, whole=False)))
         else:
-            done.append((it, combine_passes(per_pass[it], whole=True)))
+            done.append((it, combine_both(per_pass[it], whole=True)))
     return done
 
 

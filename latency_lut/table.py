@@ -52,7 +52,8 @@ KEY_COLUMNS = ["kind", "stage", "in_width", "width"]
 LATENCY_COLUMNS = ["ms", "p25_ms", "p75_ms", "runs"]
 META_COLUMNS = ["backend", "device", "versions", "threads", "batch", "input_size"]
 COLUMNS = KEY_COLUMNS + ["resolution"] + LATENCY_COLUMNS + META_COLUMNS
-OPTIONAL_COLUMNS = ["fingerprint", "arch"]  # absent in tables written before they existed
+OPTIONAL_COLUMNS = ["fingerprint", "arch", "raw_ms"]  # absent in tables written before they existed
+# raw_ms: the row as timed, before its passes were read against the sentinel (measure.normalize); = ms when not
 CALL_KEY = ("call", 0, 0, 0)
 UNSTEADY = 0.03  # a build whose machine speed varied more than this (host_variation) warns that figures are loose
 
@@ -136,8 +137,13 @@ def file_hash(path: str | Path) -> str:
 class LatencyTable:
     """A loaded, validated LUT. `predict`, `raw` and `missing` never build a model or measure anything."""
 
-    def __init__(self, df: pd.DataFrame, source: str = "<memory>", sha: str = ""):
+    def __init__(self, df: pd.DataFrame, source: str = "<memory>", sha: str = "", as_timed: bool = False):
+        """`as_timed=True`: the table the same measurements give without reading them against the sentinel (its
+        `raw_ms`), to compare the two side by side."""
         self.df, self.source, self.sha = validate_frame(df, source), source, sha
+        self.host_variation_as_timed = self._host_variation("raw_ms")
+        if as_timed:
+            self.df["ms"] = self.df["raw_ms"]
         layers = self.df[self.df["kind"].isin(LAYER_KINDS + ("call",))]
         self._ms: dict[Key, float] = {}
         self._spread: dict[Key, float] = {}  # p75 - p25 of the row's samples
@@ -153,14 +159,14 @@ class LatencyTable:
         fp = first["fingerprint"] if "fingerprint" in self.df.columns else None
         self.fingerprint: dict[str, str] | None = decode_fingerprint(fp, source) if isinstance(fp, str) and fp else None
         self.calibration: Correction | None = None
-        self.host_variation = self._host_variation()
+        self.host_variation = self._host_variation("ms")
         nets = self.networks()
         if len(nets) >= 3 and not any(self.missing(spec) for spec, _ in nets):  # (a partial build: not yet)
             parts = np.array([self.raw_parts(spec) for spec, _ in nets])
             self.calibration = fit_correction(parts, self.call_ms, np.array([ms for _, ms in nets]))
 
     @classmethod
-    def load(cls, path: str | Path) -> LatencyTable:
+    def load(cls, path: str | Path, as_timed: bool = False) -> LatencyTable:
         path = Path(path)
         if not path.is_file():
             raise LUTError(f"latency table not found: {path}")
@@ -168,7 +174,7 @@ class LatencyTable:
             df = pd.read_csv(path, keep_default_na=False, na_values=[""])
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise LUTError(f"{path}: not a readable CSV ({' '.join(str(e).split())[:120]})") from None
-        return cls(df, str(path), file_hash(path))
+        return cls(df, str(path), file_hash(path), as_timed)
 
     @property
     def input_size(self) -> int:
@@ -204,13 +210,14 @@ class LatencyTable:
             ),
         )
 
-    def _host_variation(self) -> float:
+    def _host_variation(self, column: str) -> float:
         """How much the machine's speed varied during the build: the median over calibration networks of the
-        spread of their visits (`correction.host_variation`); nan with fewer than two visits."""
+        spread of their visits (`correction.host_variation`) in `column` (`ms`: what the table holds, `raw_ms`: as
+        timed, before the sentinel); nan with fewer than two visits."""
         nets = self.df[self.df["kind"] == "net"]
         if nets.empty:
             return float("nan")
-        visits = nets.pivot_table(index="in_width", columns="width", values="ms").dropna()
+        visits = nets.pivot_table(index="in_width", columns="width", values=column).dropna()
         return host_variation(visits.to_numpy()) if len(visits) else float("nan")
 
     def networks(self) -> list[tuple[ArchSpec, float]]:
@@ -354,16 +361,19 @@ class LatencyTable:
         )
 
     def steadiness(self) -> str:
-        """One line on how steady the machine was during the build, a warning above `UNSTEADY`."""
-        v = self.host_variation
+        """One line on how steady the machine was during the build (its calibration visits), a warning above
+        `UNSTEADY`; for a table read against the sentinel, both as timed and as the table holds them."""
+        v, t = self.host_variation, self.host_variation_as_timed
         if not np.isfinite(v):
             return "machine steadiness during the build: unknown (fewer than two visits per calibration network)"
+        read = f" as timed, {v * 100:.1f}% once read against the sentinel" if abs(t - v) > 1e-9 else ""
         if v > UNSTEADY:
             return (
-                f"warning: this machine's speed varied by {v * 100:.1f}% during the build; absolute figures are "
-                f"uncertain by about that much"
+                f"warning: this machine's speed varied by {(t if read else v) * 100:.1f}% during the build{read}; "
+                f"absolute figures are uncertain by about {v * 100:.1f}%"
             )
-        return f"this machine's speed varied by {v * 100:.1f}% during the build (calibration visits)"
+        varied = (t if read else v) * 100
+        return f"this machine's speed varied by {varied:.1f}% during the build{read} (calibration visits)"
 
 
 def validate_frame(df: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -387,6 +397,12 @@ def validate_frame(df: pd.DataFrame, source: str) -> pd.DataFrame:
             line = int((values < 0).to_numpy().nonzero()[0][0]) + 2
             raise LUTError(f"{source}: column {col!r} has a negative value on line {line}")
         df[col] = values
+    raw = pd.to_numeric(df["raw_ms"], errors="coerce") if "raw_ms" in df.columns else df["ms"]
+    if (raw < 0).any():
+        raise LUTError(
+            f"{source}: column 'raw_ms' has a negative value on line {int((raw < 0).to_numpy().nonzero()[0][0]) + 2}"
+        )
+    df["raw_ms"] = raw.fillna(df["ms"])  # rows written before raw_ms, or never read against the sentinel
     for col in numeric:
         if not np.all(df[col] == df[col].round()):
             raise LUTError(f"{source}: column {col!r} must hold integers")

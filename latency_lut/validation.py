@@ -239,6 +239,8 @@ def network_frame(specs: list[ArchSpec], measured: dict[str, dict], table: Laten
             "measured_p25_ms": [m["p25_ms"] for m in meas],
             "measured_p75_ms": [m["p75_ms"] for m in meas],
             "drift": [m["drift"] for m in meas],  # its group's references: now / at build (1 without references)
+            # which of the table's calibration networks its group timed as references, and their ms now
+            "references": [";".join(f"{k}:{ms:.6g}" for k, ms in m["references"]) for m in meas],
         }
     )
     df["pct_err"] = (df["predicted_ms"] - df["measured_ms"]) / df["measured_ms"] * 100

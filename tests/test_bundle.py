@@ -172,7 +172,9 @@ def check_import_against_synthetic_timings(bundle: Path, timings: pd.DataFrame, 
                 ms = truth[it.index] * (1 + 0.2 * turn)
             else:
                 ms = call * (1 + 0.2 * turn)
-            out.append({**timings.iloc[0].to_dict(), "item": name, "pass": q, "ms": ms, "p25_ms": ms, "p75_ms": ms})
+            host = 1.0 + 0.1 * q  # the pass's sentinel / its median: as timed, ms x host
+            row = {"item": name, "pass": q, "ms": ms, "p25_ms": ms, "p75_ms": ms, "host": host}
+            out.append({**timings.iloc[0].to_dict(), **row})
     pd.DataFrame(out).sample(frac=1, random_state=0).to_csv(synth / "timings.csv", index=False)  # in any order
     table_path = tmp_path / "synthetic.csv"
     build_lut(compose("build_lut", [f"from_bundle={synth}", f"out={table_path}"], BuildLUTConfig))
@@ -181,6 +183,15 @@ def check_import_against_synthetic_timings(bundle: Path, timings: pd.DataFrame, 
     assert rows and all(table.raw_row(row) == pytest.approx(v(row), abs=1e-9) for row in rows.values())
     assert table.call_ms == pytest.approx(call) and table.calibration.scale == pytest.approx(1.25)
     assert table.calibration.n == len({n.index for n in nets})
+    # as timed, the call is its fastest pass of call x (1 + 0.2 turn) x (1 + 0.1 q), turn = (q + k) % 3
+    k = list(items).index(next(n for n, it in items.items() if not isinstance(it, (Chain, Net))))
+    as_timed = min(call * (1 + 0.2 * ((q + k) % passes)) * (1 + 0.1 * q) for q in range(passes))
+    assert float(table.df.loc[table.df["kind"] == "call", "raw_ms"].iloc[0]) == pytest.approx(as_timed)
+    # timings from a measure.py before the host column: read as timed, raw_ms = ms
+    pd.read_csv(synth / "timings.csv").drop(columns="host").to_csv(synth / "timings.csv", index=False)
+    build_lut(compose("build_lut", [f"from_bundle={synth}", f"out={tmp_path / 'old.csv'}"], BuildLUTConfig))
+    old = LatencyTable.load(tmp_path / "old.csv")
+    assert (old.df["raw_ms"] == old.df["ms"]).all() and old.calibration.scale == pytest.approx(1.25)
 
 
 def test_bundle_refuses_a_backend_it_cannot_carry_and_a_non_empty_folder(tmp_path):

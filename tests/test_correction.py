@@ -7,7 +7,7 @@ import pytest
 
 from latency_lut.correction import GROUP_NAMES, fit_correction, host_variation, loo_errors
 from latency_lut.measure import MeasureConfig, measure_networks
-from latency_lut.table import encode_stages
+from latency_lut.table import LatencyTable, encode_stages
 from supernet.arch import StageSpec
 from tests.helpers import small_space, table_with_networks
 
@@ -177,7 +177,8 @@ class SlowPeriods:
         return [runner() * (self.factor if self.calls - 1 in self.slow else 1.0)] * n
 
 
-GATE = dict(warmup=0, rounds=1, runs_per_round=1, passes=1, interleave=4, chunk=8, gate_wait_s=0.0)
+GATE = dict(warmup=0, rounds=1, runs_per_round=1, passes=1, interleave=4, chunk=8, gate_wait_s=0.0, normalize=False)
+# normalize=False: these tests hold the gate alone; reading passes against the sentinel is tested below
 
 
 def gated(backend: SlowPeriods, groups: list[list[str]], sentinel: bool = True, **cfg):
@@ -284,3 +285,82 @@ def test_the_host_gate_gives_up_after_its_retries_and_keeps_the_fastest_try():
     assert backend.calls == 8 + 3 * 4
     assert results == {k: [COST[k] * (1.8 if k in "def" else 1.0)] for k in "abcdef"}
     assert (log.passes, log.remeasured, log.still_slow) == (2, 1, 1)
+
+
+# ------------------------------------------------------------------------------- reading passes against the sentinel
+def test_a_build_reads_every_pass_against_its_sentinel():
+    """Four groups of 3 items and the sentinel, one pass each; the host runs 8% slow for groups 2 and 4 (calls 4-7
+    and 12-15), too little for the gate (its limit: the sentinel's median + 10%). The sentinel reads 0.5, 0.54,
+    0.5, 0.54 ms: its median 0.52. Read against it, every item reads cost x 0.52 / 0.5 = 1.04 x its cost (one
+    factor for the whole build: the host's typical speed), with `host` 0.5 / 0.52 or 0.54 / 0.52; as timed
+    (`as_timed`), the slow groups' items read 1.08 x. Not normalized, they read 1.08 x."""
+    from latency_lut.measure import as_timed, combine_both
+
+    cost = {**{k: float(i + 1) for i, k in enumerate("abcdefghijkl")}, "sentinel": 0.5}
+    groups = [list("abc"), list("def"), list("ghi"), list("jkl")]
+    slow = {*range(4, 8), *range(12, 16)}
+    per: dict[str, list[dict]] = {}
+
+    def keep(chunk, per_pass):
+        per.update(per_pass)
+
+    import random
+
+    from latency_lut.measure import measure_in_passes
+
+    backend = SlowPeriods(cost, slow, factor=1.08)
+    cfg = MeasureConfig(**{**GATE, "normalize": True})
+    gate = measure_in_passes(groups, backend.runner, backend, cfg, random.Random(0), keep, backend.runner("sentinel"))
+    assert gate.remeasured == 0
+    for g, items in enumerate(groups):
+        for k in items:
+            (st,) = per[k]
+            assert st["ms"] == pytest.approx(cost[k] * 1.04)
+            assert st["host"] == pytest.approx((0.54 if g % 2 else 0.5) / 0.52)
+            assert as_timed(st)["ms"] == pytest.approx(cost[k] * (1.08 if g % 2 else 1.0))
+            both = combine_both(per[k], whole=True)
+            assert both["ms"] == pytest.approx(cost[k] * 1.04) and both["raw_ms"] == pytest.approx(as_timed(st)["ms"])
+            assert "host" not in both
+    plain, _ = gated(SlowPeriods(cost, slow, factor=1.08), groups)
+    assert plain == {k: [cost[k] * (1.08 if k in "defjkl" else 1.0)] for k in "abcdefghijkl"}
+
+
+def test_a_row_read_against_the_sentinel_and_as_timed():
+    """A row's two chains ran in one pass, against one sentinel reading: its difference reads against it too, and
+    `raw_ms` is the median pass of the differences as timed. Three passes, the sentinel 1.0, 1.2 and 1.0 x the
+    reference: as timed the chains read (3, 1), (3.6, 1.2) and (2.9, 1.0), differences 2.0, 2.4, 1.9 (median 2.0);
+    read against the sentinel 2.0, 2.0, 1.9 (median 2.0, the first or second pass)."""
+    from latency_lut.measure import Chain, results_of
+    from latency_lut.table import Row
+
+    row = Row("mb4d", 1, 16, 16, 8)
+    timed = [((3.0, 1.0), 1.0), ((3.6, 1.2), 1.2), ((2.9, 1.0), 1.0)]
+    per = {Chain(row, True): [], Chain(row, False): []}
+    for (a, b), h in timed:
+        for chain, ms in ((Chain(row, True), a), (Chain(row, False), b)):
+            per[chain].append({"ms": ms / h, "p25_ms": ms / h, "p75_ms": ms / h, "runs": 5, "host": h})
+    ((item, st),) = results_of([Chain(row, True), Chain(row, False)], per)
+    assert item == row and st["ms"] == pytest.approx(2.0) and st["raw_ms"] == pytest.approx(2.0)
+    per[Chain(row, True)][2] = {**per[Chain(row, True)][2], "ms": 3.5}  # as timed 3.5 - 1.0 = 2.5: now the median
+    ((_, st),) = results_of([Chain(row, True), Chain(row, False)], per)
+    assert st["ms"] == pytest.approx(2.0) and st["raw_ms"] == pytest.approx(2.4)
+
+
+def test_a_table_read_against_the_sentinel_states_both_variations():
+    """A table's raw_ms holds its rows as timed; `as_timed=True` loads those instead, and the steadiness line gives
+    the variation as timed beside what remains once read against the sentinel. A table without raw_ms (written
+    before it) reads it as ms."""
+    table, _ = power_table(0.01)
+    df = table.df.copy()
+    nets = df["kind"] == "net"
+    df.loc[nets, "raw_ms"] = df.loc[nets, "ms"] * np.where(df.loc[nets, "width"] == 1, 1.10, 1.0)  # visit 1 slow
+    both = LatencyTable(df)
+    assert both.host_variation == pytest.approx(0.005 / 1.005)
+    assert both.host_variation_as_timed == pytest.approx(0.095 / 1.005)  # visits 1.005, 1.10, 1.005
+    line = both.steadiness()
+    assert "varied by 9.5% during the build as timed, 0.5% once read against the sentinel" in line
+    assert not line.startswith("warning")
+    timed = LatencyTable(df, as_timed=True)
+    assert timed.networks()[0][1] == pytest.approx(both.df.loc[nets, "raw_ms"].iloc[:3].median())
+    old = LatencyTable(table.df.drop(columns="raw_ms"))
+    assert (old.df["raw_ms"] == old.df["ms"]).all() and "as timed" not in old.steadiness()
