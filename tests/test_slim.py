@@ -651,6 +651,45 @@ def test_slim_verify_end_to_end_with_a_mocked_slow_measurement(trained, tmp_path
     assert "re-measuring (1 of 2)" in caplog.text and "re-measuring (2 of 2)" in caplog.text
 
 
+def test_slim_verify_spends_the_budget_the_measurement_leaves(trained, tmp_path, monkeypatch):
+    """nas.slim --verify where every network measures 15% below its prediction, on a LUT of fixed timings: the
+    command itself spends what the measurement leaves under each target (`spend_budget` runs once per target; it
+    never did until it was handed the search's start state), and what it emits is the state it measured, at or
+    below the target and no smaller than the state it started from, with the measured refill moves in its meta."""
+    import nas.search.verify as verify_mod
+
+    lut = fixed_timings_lut(trained[1], tmp_path / "fixed.csv")
+    table = LatencyTable.load(lut)
+    monkeypatch.setattr(
+        verify_mod,
+        "measure_networks",
+        lambda specs, backend, cfg, batch, seed, references=(): [
+            {"ms": table.predict(s) * 0.85, "drift": 1.0} for s in specs
+        ],
+    )
+    calls, real = [], verify_mod.spend_budget
+
+    def spy(v, target, *args, **kwargs):
+        calls.append((target, v, real(v, target, *args, **kwargs)))
+        return calls[-1][2]
+
+    monkeypatch.setattr(verify_mod, "spend_budget", spy)
+    net, _ = load_supernet(trained[0])
+    start = table.predict(net.spec_of(net.derive()))
+    targets = [round(start * 0.8, 4), round(start * 0.6, 4)]
+    out = slim(slim_cfg((trained[0], lut, start), tmp_path / "v", targets, "verify=true"))
+    assert sorted(t for t, _, _ in calls) == sorted(targets)
+    for t, before, after in calls:
+        meta = yaml.safe_load((out / f"target_{t:g}ms" / "arch.yaml").read_text())["meta"]
+        assert meta["measured_ms"] == pytest.approx(after.measured_ms, rel=1e-4) and after.measured_ms <= t
+        assert after.measured_ms >= before.measured_ms
+        assert meta["measured_ms"] == pytest.approx(0.85 * meta["predicted_ms"], rel=1e-4)
+        measured_moves = [m for m in meta["refill"] if m.endswith("(measured)")]
+        assert len(measured_moves) == len(after.refilled) - len(before.refilled)
+    # 15% below the prediction leaves room: at least one target grew under its measured latency
+    assert any(len(after.refilled) > len(before.refilled) for _, before, after in calls)
+
+
 def test_verify_where_the_backend_cannot_run_is_one_line(trained, caplog):
     from nas.search.verify import verify_backend
 

@@ -166,7 +166,9 @@ def search(
         elif backend is not None:
             batch = int(table.meta["batch"])
             firsts = {t: r[-1] for t, r in refills.items() if r}
-            verified = verify_targets(traj, targets, slimmer, net, table, backend, cfg.measure, batch, cfg.seed, firsts)
+            verified = verify_targets(
+                traj, targets, slimmer, net, table, backend, cfg.measure, batch, cfg.seed, firsts, start
+            )
     return traj, refills, verified, slimmer
 
 
