@@ -257,14 +257,18 @@ class EfficientViT(nn.Module):
 
 class NetworkHead(nn.Module):
     """A view of a network's head as one module: final LayerNorm on tokens, mean pool, classifier(s).
-    (B, N, C) -> (B, num_classes). It runs the network's own `norm` and `forward_head`."""
+    (B, N, C) -> (B, num_classes). It holds the network's own `norm` and classifiers (shared, not copied) and
+    nothing else, so what it owns is what it runs (the latency table counts a row's weights from its module), and
+    runs the network's `forward_head` on them."""
 
     def __init__(self, net: EfficientViT):
         super().__init__()
-        self.net = net
+        self.norm, self.head_drop, self.head, self.head_dist = net.norm, net.head_drop, net.head, net.head_dist
+        self.distilled_training = net.distilled_training
+        self.train(net.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_head(self.net.norm(x))
+        return EfficientViT.forward_head(self, self.norm(x))  # type: ignore[arg-type]  # the attributes it reads
 
 
 def build_model(spec: ArchSpec) -> EfficientViT:
