@@ -18,7 +18,16 @@ from tqdm import tqdm
 
 from latency_lut.backends import BACKENDS, make_backend
 from latency_lut.bundle import SUFFIX, read_bundle, write_bundle
-from latency_lut.measure import CALL, MeasureConfig, Net, measure_items, measure_networks, row_module, space_rows
+from latency_lut.measure import (
+    CALL,
+    MeasureConfig,
+    Net,
+    item_weights,
+    measure_items,
+    measure_networks,
+    row_module,
+    space_rows,
+)
 from latency_lut.sampling import mixed_specs
 from latency_lut.table import (
     CALL_KEY,
@@ -33,6 +42,7 @@ from latency_lut.table import (
     encode_stages,
     fingerprint,
 )
+from supernet.arch import ArchSpec
 from supernet.errors import ConfigError
 from supernet.files import atomic_write_text
 from supernet.formats import to_coreml
@@ -124,7 +134,7 @@ def build_lut(cfg: BuildLUTConfig) -> Path:
     frames = [df] if len(df) else []
 
     def on_group(results: list[tuple[object, dict[str, float]]]) -> None:
-        frames.append(pd.DataFrame([table_row(item, stats, meta) for item, stats in results]))
+        frames.append(pd.DataFrame([table_row(item, stats, meta, spec) for item, stats in results]))
         write_csv_atomic(pd.concat(frames, ignore_index=True)[COLUMNS + OPTIONAL_COLUMNS], out)
 
     if CALL_KEY not in done:
@@ -186,10 +196,10 @@ def import_bundle(folder: Path, out: Path) -> Path:
     """A normal, calibrated, fingerprinted LUT from a bundle's timings (the device's name and runtime recorded)."""
     if out.exists():
         raise LUTError(f"out={out} exists; choose another out= (a measured LUT is never overwritten)")
-    _, meta, results = read_bundle(folder)
-    write_csv_atomic(
-        pd.DataFrame([table_row(item, stats, meta) for item, stats in results])[COLUMNS + OPTIONAL_COLUMNS], out
-    )
+    manifest, meta, results = read_bundle(folder)
+    base = ArchSpec.from_dict(manifest["base"])
+    rows = [table_row(item, stats, meta, base) for item, stats in results]
+    write_csv_atomic(pd.DataFrame(rows)[COLUMNS + OPTIONAL_COLUMNS], out)
     return finish(out)
 
 
@@ -214,19 +224,33 @@ def recalibrate(out: Path, backend, cfg: BuildLUTConfig) -> Path:
     cols = ["ms", "p25_ms", "p75_ms", "runs", "raw_ms"]
     for i, st in zip(rows, stats):
         df.loc[i, cols] = [st[c] for c in cols]
+    if df["weights"].isna().any():  # written before the column: the weights need no timing, so record them now
+        df["weights"] = [item_weights(item, base) for item in table_items(df, base)]
     write_csv_atomic(df, out)
     after = LatencyTable.load(out).calibration.describe()
     log.info("recalibrated %s on %d networks (%d visits): %s -> %s", out, len(nets), len(rows), before, after)
     return out
 
 
-def table_row(item: Row | Net, stats: dict[str, float], meta: dict[str, object]) -> dict[str, object]:
-    """One CSV row: a layer row (its chain difference), the per-call overhead, or a calibration network."""
+def table_items(df: pd.DataFrame, base: ArchSpec) -> list[Row | Net]:
+    """What each row of a table's frame stands for (the inverse of `table_row`'s keys)."""
+    return [
+        Net(int(r.in_width), decode_stages(r.arch, base), int(r.width))
+        if r.kind == "net"
+        else Row(r.kind, int(r.stage), int(r.in_width), int(r.width), int(r.resolution))
+        for r in df.itertuples()
+    ]
+
+
+def table_row(item: Row | Net, stats: dict[str, float], meta: dict[str, object], base: ArchSpec) -> dict[str, object]:
+    """One CSV row: a layer row (its chain difference), the per-call overhead, or a calibration network, with
+    its deployed weights (`item_weights`; `base` carries the space's hyper-parameters)."""
+    weights = item_weights(item, base)
     if isinstance(item, Net):
         key = {"kind": "net", "stage": 3, "in_width": item.index, "width": item.visit}
         key["resolution"] = item.spec.input_size
-        return {**key, **stats, **meta, "arch": encode_stages(item.spec)}
-    return {**dataclasses.asdict(item), **stats, **meta, "arch": ""}
+        return {**key, **stats, **meta, "arch": encode_stages(item.spec), "weights": weights}
+    return {**dataclasses.asdict(item), **stats, **meta, "arch": "", "weights": weights}
 
 
 def coreml_check(cfg: BuildLUTConfig, rows: list[Row]) -> Path:

@@ -210,6 +210,25 @@ def network_module(spec: ArchSpec, batch: int) -> tuple[nn.Module, torch.Tensor]
     return build_model(spec).eval().fuse(), torch.randn(batch, spec.in_chans, spec.input_size, spec.input_size)
 
 
+def deployed_weights(module: nn.Module) -> int:
+    """The floats a deployed (fused) module stores, the floating-point entries of its state_dict: weights and
+    biases, LayerNorm and attention-bias tables. (A fused MB3D also caches its attention biases expanded per token
+    pair, a derived buffer not counted; it is under 1% of an `l7` MB3D's weights.)"""
+    return sum(t.numel() for t in module.state_dict().values() if t.is_floating_point())
+
+
+def item_weights(item: Item, base: ArchSpec) -> int:
+    """The deployed weights of what a table row stands for: a layer row's own fused module (in its context
+    network, as the table times it), a whole calibration network, or nothing for the per-call overhead. A
+    network's weights are the sum of its layer rows' (tested), so the table can give any spec's."""
+    if isinstance(item, Net):
+        return deployed_weights(network_module(item.spec, 1)[0])
+    if item.kind == "call":
+        return 0
+    _, modules, k = context_layers(item, base)
+    return deployed_weights(modules[k])
+
+
 def measure_interleaved(
     items: Sequence[object],
     prepare: Callable[[Any], Runner],

@@ -52,8 +52,9 @@ KEY_COLUMNS = ["kind", "stage", "in_width", "width"]
 LATENCY_COLUMNS = ["ms", "p25_ms", "p75_ms", "runs"]
 META_COLUMNS = ["backend", "device", "versions", "threads", "batch", "input_size"]
 COLUMNS = KEY_COLUMNS + ["resolution"] + LATENCY_COLUMNS + META_COLUMNS
-OPTIONAL_COLUMNS = ["fingerprint", "arch", "raw_ms"]  # absent in tables written before they existed
+OPTIONAL_COLUMNS = ["fingerprint", "arch", "raw_ms", "weights"]  # absent in tables written before they existed
 # raw_ms: the row as timed, before its passes were read against the sentinel (measure.normalize); = ms when not
+# weights: the floats the row's deployed (fused) module reads per inference: weights, biases, cached attention biases
 CALL_KEY = ("call", 0, 0, 0)
 UNSTEADY = 0.03  # a build whose machine speed varied more than this (host_variation) warns that figures are loose
 
@@ -148,10 +149,13 @@ class LatencyTable:
         self._ms: dict[Key, float] = {}
         self._spread: dict[Key, float] = {}  # p75 - p25 of the row's samples
         self._runs: dict[Key, int] = {}
+        self._weights: dict[Key, float] | None = {} if layers["weights"].notna().all() else None  # older: none
         for r in layers.itertuples():
             key = (r.kind, int(r.stage), int(r.in_width), int(r.width))
             self._ms[key], self._spread[key] = float(r.ms), float(r.p75_ms - r.p25_ms)
             self._runs[key] = max(int(r.runs), 1)
+            if self._weights is not None:
+                self._weights[key] = float(r.weights)
         first = self.df.iloc[0]
         self.meta: dict[str, Any] = {
             c: (first[c].item() if hasattr(first[c], "item") else first[c]) for c in META_COLUMNS
@@ -162,8 +166,10 @@ class LatencyTable:
         self.host_variation = self._host_variation("ms")
         nets = self.networks()
         if len(nets) >= 3 and not any(self.missing(spec) for spec, _ in nets):  # (a partial build: not yet)
-            parts = np.array([self.raw_parts(spec) for spec, _ in nets])
-            self.calibration = fit_correction(parts, self.call_ms, np.array([ms for _, ms in nets]))
+            sums = [self.sums(spec) for spec, _ in nets]
+            parts = np.array([p for p, _ in sums])
+            weights = None if self._weights is None else np.array([w for _, w in sums])
+            self.calibration = fit_correction(parts, self.call_ms, np.array([ms for _, ms in nets]), weights=weights)
 
     @classmethod
     def load(cls, path: str | Path, as_timed: bool = False) -> LatencyTable:
@@ -275,13 +281,23 @@ class LatencyTable:
             raise LUTError(f"{self.source} lacks the row {row}")
         return self._ms[row.key]
 
-    def raw_parts(self, spec: ArchSpec) -> np.ndarray:
-        """The spec's layer rows summed per row group (`correction.GROUP_NAMES`), without the call (ms)."""
+    def sums(self, spec: ArchSpec) -> tuple[np.ndarray, float | None]:
+        """One pass over the spec's layer rows: their ms summed per row group (`correction.GROUP_NAMES`, without
+        the call), and their deployed weights in millions (None: the table does not record them)."""
         self.check(spec)
-        parts = dict.fromkeys(GROUP_NAMES, 0.0)
+        parts, weights = dict.fromkeys(GROUP_NAMES, 0.0), 0.0
         for r in spec_rows(spec):
             parts[GROUPS[r.kind]] += self._ms[r.key]
-        return np.array(list(parts.values()))
+            weights += self._weights[r.key] if self._weights is not None else 0.0
+        return np.array(list(parts.values())), None if self._weights is None else weights / 1e6
+
+    def raw_parts(self, spec: ArchSpec) -> np.ndarray:
+        """The spec's layer rows summed per row group (`correction.GROUP_NAMES`), without the call (ms)."""
+        return self.sums(spec)[0]
+
+    def weights(self, spec: ArchSpec) -> float | None:
+        """The spec's deployed weights in millions, the sum of its rows' (None: the table does not record them)."""
+        return self.sums(spec)[1]
 
     def raw(self, spec: ArchSpec) -> float:
         """The plain sum: the spec's layer rows plus one per-call overhead (ms)."""
@@ -291,7 +307,7 @@ class LatencyTable:
     def predict(self, spec: ArchSpec, calibrated: bool = True) -> float:
         """Predicted latency of `spec` in ms: the corrected raw sum (the raw sum if uncalibrated)."""
         if calibrated and self.calibration is not None:
-            return float(self.calibration(self.raw_parts(spec)))
+            return float(self.calibration(*self.sums(spec)))
         return self.raw(spec)
 
     def predict_interval(self, spec: ArchSpec) -> tuple[float, float, float]:
@@ -403,6 +419,15 @@ def validate_frame(df: pd.DataFrame, source: str) -> pd.DataFrame:
             f"{source}: column 'raw_ms' has a negative value on line {int((raw < 0).to_numpy().nonzero()[0][0]) + 2}"
         )
     df["raw_ms"] = raw.fillna(df["ms"])  # rows written before raw_ms, or never read against the sentinel
+    if "weights" in df.columns:
+        weights = pd.to_numeric(df["weights"], errors="coerce")
+        bad = (weights < 0) | (df["weights"].notna() & weights.isna())
+        if bad.any():
+            line = int(bad.to_numpy().nonzero()[0][0]) + 2
+            raise LUTError(f"{source}: column 'weights' has a negative or non-numeric value on line {line}")
+        df["weights"] = weights
+    else:
+        df["weights"] = np.nan  # a table written before the column: the memory correction is not tried
     for col in numeric:
         if not np.all(df[col] == df[col].round()):
             raise LUTError(f"{source}: column {col!r} must hold integers")

@@ -92,6 +92,8 @@ def test_predict_refuses_uncovered_specs():
         (lambda d: d.assign(backend=["torch"] * (len(d) - 1) + ["onnxruntime"]), "disagree on 'backend'"),
         (lambda d: d.assign(kind=d["kind"].where(d.index != 0, "conv")), "unknown kind"),
         (lambda d: d.assign(stage=d["stage"].astype(str).where(d.index != 1, "x")), "'stage' has a missing or non"),
+        (lambda d: d.assign(weights=[10.0] * (len(d) - 1) + [-1.0]), "'weights' has a negative or non-numeric"),
+        (lambda d: d.assign(weights=["x"] + [10.0] * (len(d) - 1)), r"'weights' .* non-numeric value on line 2"),
     ],
 )
 def test_load_validates(tmp_path, mutate, match):
@@ -451,6 +453,35 @@ def test_passes_combine_fastest_for_networks_and_median_for_rows():
     assert combine_passes(passes, whole=True)["ms"] == 1.0  # interference only slows a network: fastest pass
     row = combine_passes(passes, whole=False)
     assert row["ms"] == 2.0 and row["p25_ms"] == 1.9 and row["runs"] == 30  # a difference: the median pass
+
+
+def test_rows_record_their_weights_which_add_up_to_each_whole_network(tmp_path):
+    """Every layer row records the floats its fused module reads; a network's weights by the table (the sum of its
+    rows') equal those of the whole fused network, counted from its own state_dict, for every calibration network.
+    A table written before the column loads without them (the memory correction is not tried), and
+    recalibrate=true records them, the same figures, without re-timing a row."""
+    from supernet import build_model
+
+    lut, eight = tmp_path / "lut.csv", [*FAST, "calibration_networks=8"]  # enough networks to try `memory`
+    build_lut(compose("build_lut", [*SMALL_SPACE, *eight, f"out={lut}"], BuildLUTConfig))
+    table = LatencyTable.load(lut)
+    assert "memory" in dict(table.calibration.candidates)
+    kinds = table.df["kind"]
+    assert (table.df.loc[kinds.isin(["stem", "embed", "mb4d", "mb3d", "head"]), "weights"] > 0).all()
+    assert (table.df.loc[kinds.isin(["flat", "unflat", "call"]), "weights"] == 0).all()  # reshapes hold none
+    for spec, _ in table.networks():
+        fused = build_model(spec).eval().fuse().state_dict()
+        count = sum(t.numel() for t in fused.values() if t.is_floating_point())
+        assert table.weights(spec) * 1e6 == count
+    older = tmp_path / "older.csv"
+    table.df.drop(columns="weights").to_csv(older, index=False)
+    old = LatencyTable.load(older)
+    assert old.weights(table.networks()[0][0]) is None and "memory" not in dict(old.calibration.candidates)
+    build_lut(compose("build_lut", [*SMALL_SPACE, *eight, f"out={older}", "recalibrate=true"], BuildLUTConfig))
+    again = LatencyTable.load(older)
+    assert (again.df["weights"] == table.df["weights"]).all() and "memory" in dict(again.calibration.candidates)
+    layers = again.df["kind"] != "net"
+    assert (again.df.loc[layers, "ms"] == table.df.loc[layers, "ms"]).all()  # no row was timed again
 
 
 def test_recalibrate_re_times_only_the_calibration_networks(tmp_path):
