@@ -29,6 +29,7 @@ Builds and validations run one after another, never two timings at once. Output:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 import sys
@@ -164,12 +165,13 @@ def main() -> None:
         "--measure", nargs="*", default=[], help="extra build_lut overrides (measure.* and space.* also validate's)"
     )
     p.add_argument("--validate", nargs="*", default=[], help="extra validate_lut overrides")
+    p.add_argument("--keep", help="keep every build's LUT and validation here (default: a temporary folder)")
     a = p.parse_args()
     for c in a.configs:
         overrides(c, a.space)  # a malformed configuration fails now, not an hour in
     t_start = time.time()
     rows, nets, spreads = [], [], {}
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() if a.keep is None else contextlib.nullcontext(a.keep) as work:
         for config in a.configs:
             done = []
             for b in range(a.builds):
