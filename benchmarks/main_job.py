@@ -25,6 +25,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from latency_lut.table import LatencyTable  # noqa: E402
 from supernet.arch import ArchSpec  # noqa: E402
 from supernet.files import atomic_write_text  # noqa: E402
 
@@ -90,6 +91,7 @@ def run_main_jobs(
                 "predicted_ms": rep["predicted_ms"],
                 "params_M": rep["params_M"],
                 "arch": ArchSpec.load(rep["arch"]).describe(),
+                "cpu": LatencyTable.load(out / "lut" / "lut.csv").meta["device"],  # where the run measured its LUT
             }
         )
     return pd.DataFrame(rows)
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: --report needs the runs under {a.work}; missing: {names}")
     df = run_main_jobs(variants, a.seeds, Path(a.work), a.target_ms, a.overrides)
     title = f"The main job (nas.pipeline --target-ms {a.target_ms:g} {' '.join(a.overrides)}), one fresh run per row"
+    title += f"; CPU: {', '.join(sorted(set(df['cpu'])))}"
     text = report(df, a.variants[0], title)
     prefix = Path(a.out)
     atomic_write_text(prefix.with_name(prefix.name + ".csv"), df.to_csv(index=False))
