@@ -271,6 +271,29 @@ def test_refill_spends_the_leftover_latency_back_and_stays_under_the_target():
     assert slimmer.refill(moves[-1], 3.1, start) == []
 
 
+def test_refill_trades_a_stage_width_for_a_block_that_does_not_fit_alone():
+    """At full widths there is nothing to widen, and the one block left to restore costs more than the latency left
+    under the target: restoring it while narrowing a stage by 16 fits, and is taken because the loss falls. Without
+    trades the refill does nothing (issue #21: the share of the target used was set by the blocks' sizes)."""
+    start = SlimState((("4d", "4d"), ("4d",), (), ()), (32, 32, 16, 16))
+
+    def latency(s):  # a block costs 1 ms, 16 channels of stage 1 or 2 cost 0.5 ms
+        return s.num_blocks * 1.0 + sum(s.widths[:2]) / 32
+
+    def evaluate(s):  # a block lowers the loss by 0.1, 16 channels by 0.016
+        return Score(1.0 - 0.1 * s.num_blocks - sum(s.widths[:2]) / 1000, 0.9)
+
+    args = (latency, evaluate, [[1.0, 2.0], [3.0], [], []], [1.0, 3.0, 0.0, 0.0])
+    now = SlimState((("4d", "id"), ("4d",), (), ()), (32, 32, 16, 16))  # 2 blocks + 4 x 16 channels: 4.0 ms
+    low = Step(3, "drop_path", "", latency(now), evaluate(now).loss, 0.9, 0.0, now, 0)
+    moves = Slimmer(*args, METHODS["default"]).refill(low, 4.6, start)
+    # restoring stage1.path2 alone: 5.0 ms; with stage 1 (the least important, 1.0) or stage 2 narrowed: 4.5 ms,
+    # loss 1 - 0.3 - 0.048 = 0.652 either way (the first, stage 1, kept) against 0.736 now
+    assert [(m.action, m.where) for m in moves] == [("restore_narrow", "stage1.path2 + stage1: 32->16")]
+    assert moves[0].latency_ms == pytest.approx(4.5) and moves[0].val_loss == pytest.approx(0.652)
+    assert Slimmer(*args, replace(METHODS["default"], trade=False)).refill(low, 4.6, start) == []
+
+
 def test_default_scores_k_candidates_per_action():
     """One candidate per action left an action dead when α misranked; the default scores the k least
     important MetaPaths and stages, and so finds a better second choice."""

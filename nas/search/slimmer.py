@@ -56,6 +56,7 @@ class Rules:
     min_saving_se: float = 2.0  # floor on a candidate's saving, in standard errors of the predicted saving
     reach_best: bool = True  # among candidates reaching the next target, take the lowest loss
     refill: bool = True  # give leftover latency under each target back (restore MetaPaths, widen stages)
+    trade: bool = True  # refill also tries a restore that does not fit with one stage narrowed by the width step
     importance: str = "alpha"  # alpha: rank by the supernet's log-odds | measured: by measured loss rise per ms
     lookahead: int = 0  # with reach_best: best-ratio candidates short of the target also tried one step further
 
@@ -169,6 +170,23 @@ def grow_candidates(
             widened = replace(state, widths=resized(state.widths, i, step))
             stages.append((-stage_scores[i], i, Candidate("widen_stage", f"stage{i + 1}: {w}->{w + step}", widened)))
     return [p[-1] for p in sorted(paths, key=lambda p: p[:3])] + [s[-1] for s in sorted(stages, key=lambda s: s[:2])]
+
+
+def trade_candidates(restores: Sequence[Candidate], stage_scores: Sequence[float], step: int) -> list[Candidate]:
+    """Restores that do not fit under the target, each with one stage narrowed by `step` (least important stage
+    first): a finer refill move than either alone, for when every block left to restore costs more than the latency
+    left under the target (at full widths there is nothing to widen).
+
+    >>> restored = SlimState((("4d", "4d"), ("4d",), (), ()), (32, 32, 16, 16))
+    >>> [(c.action, c.where) for c in trade_candidates([Candidate("restore_path", "stage1.path2", restored)],
+    ...                                                 [2.0, 1.0, 0.0, 0.0], 16)]
+    [('restore_narrow', 'stage1.path2 + stage2: 32->16'), ('restore_narrow', 'stage1.path2 + stage1: 32->16')]
+    """
+    return [
+        Candidate("restore_narrow", f"{r.where} + {n.where}", n.state)
+        for r in restores
+        for n in narrow_stage_candidates(r.state, stage_scores, step)
+    ]
 
 
 @dataclass
@@ -314,22 +332,19 @@ class Slimmer:
 
     def refill(self, step: Step, target_ms: float, start: SlimState) -> list[Step]:
         """Spend the latency left under `target_ms` back: score the `per_action` most important restorable
-        MetaPaths and widenable stages (`grow_candidates`) that keep the state at or below the target, take the
+        MetaPaths and widenable stages (`grow_candidates`) that keep the state at or below the target, and with
+        `trade` as many restores that do not fit, each with a stage narrowed (`trade_candidates`); take the
         lowest loss if it beats the current one, repeat. The steps taken, in order (none if nothing helped, or if
         the rules have no refill)."""
         out, cur = [], step
         if not self.rules.refill:
             return out
         while True:
-            fits = []
             kinds: dict[str, int] = {}
-            for cand in grow_candidates(cur.state, start, self.path_scores, self.stage_scores, self.width_step):
-                if kinds.get(cand.action, 0) == self.rules.per_action:
-                    continue
-                c_lat = self.latency(cand.state)
-                if c_lat <= target_ms:
-                    fits.append((cand, c_lat))
-                    kinds[cand.action] = kinds.get(cand.action, 0) + 1
+            grow = grow_candidates(cur.state, start, self.path_scores, self.stage_scores, self.width_step)
+            fits, over = self._fitting(grow, target_ms, kinds)
+            if self.rules.trade:
+                fits += self._fitting(trade_candidates(over, self.stage_scores, self.width_step), target_ms, kinds)[0]
             if not fits:
                 return out
             s, neg_lat, cand = min(((self.score(c.state), -lat, c) for c, lat in fits), key=lambda x: (x[0].loss, x[1]))
@@ -340,6 +355,23 @@ class Slimmer:
             )
             out.append(cur)
             self._emit(cur)
+
+    def _fitting(
+        self, cands: list[Candidate], target_ms: float, kinds: dict[str, int]
+    ) -> tuple[list[tuple[Candidate, float]], list[Candidate]]:
+        """The first `per_action` candidates of each action (counted in `kinds`) that fit under the target, each
+        with its latency, and the restores that do not fit (the trades start from them)."""
+        fits, over = [], []
+        for cand in cands:
+            if kinds.get(cand.action, 0) == self.rules.per_action:
+                continue
+            c_lat = self.latency(cand.state)
+            if c_lat <= target_ms:
+                fits.append((cand, c_lat))
+                kinds[cand.action] = kinds.get(cand.action, 0) + 1
+            elif cand.action == "restore_path":
+                over.append(cand)
+        return fits, over
 
     def _emit(self, step: Step) -> None:
         if self.on_step is not None:
