@@ -116,7 +116,7 @@ def _fit(
     if name == "scale":
         return (float(np.median(measured / raw)),)
     if name == "memory":
-        return _fit_memory(raw, weights, measured * w, w)
+        return _fit_memory(raw, weights, measured)
     if name == "affine":
         a, b = np.linalg.lstsq(np.column_stack([raw, np.ones_like(raw)]) * w[:, None], measured * w, rcond=None)[0]
         return float(a), float(b)
@@ -131,14 +131,15 @@ def _fit(
     return tuple(float(x) for x in scales)
 
 
-def _fit_memory(raw: np.ndarray, weights: np.ndarray, target: np.ndarray, w: np.ndarray) -> tuple[float, ...]:
+def _fit_memory(raw: np.ndarray, weights: np.ndarray, measured: np.ndarray) -> tuple[float, ...]:
     """(s, m, h) of `memory`: for each knot h among 0 and the networks' weights up to their 75th percentile (so
     that a quarter of them, at least, lie beyond it to fit m), the non-negative least squares of
-    s * raw + m * max(W - h, 0) on relative error (`target` and the design scaled by `w`); the best knot is kept."""
+    s * raw + m * max(W - h, 0) on relative error; the knot with the least squared error is kept."""
+    w = 1.0 / measured  # relative error, as every model
     knots = np.unique(np.concatenate([[0.0], weights[weights <= np.percentile(weights, 75)]]))
     best = (np.inf, 0.0, 0.0, 0.0)
     for h in knots:
-        coef, resid = nnls(np.column_stack([raw, np.maximum(weights - h, 0.0)]) * w[:, None], target)
+        coef, resid = nnls(np.column_stack([raw, np.maximum(weights - h, 0.0)]) * w[:, None], measured * w)
         if resid < best[0]:
             best = (resid, float(coef[0]), float(coef[1]), float(h))
     return best[1:]

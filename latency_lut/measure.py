@@ -42,6 +42,7 @@ yardstick, what a deployment benchmark would see.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -217,12 +218,18 @@ def deployed_weights(module: nn.Module) -> int:
     return sum(t.numel() for t in module.state_dict().values() if t.is_floating_point())
 
 
+@functools.lru_cache(maxsize=64)
+def network_weights(spec: ArchSpec) -> int:
+    """A whole fused network's deployed weights (cached: a calibration network is written once per visit)."""
+    return deployed_weights(network_module(spec, 1)[0])
+
+
 def item_weights(item: Item, base: ArchSpec) -> int:
     """The deployed weights of what a table row stands for: a layer row's own fused module (in its context
     network, as the table times it), a whole calibration network, or nothing for the per-call overhead. A
     network's weights are the sum of its layer rows' (tested), so the table can give any spec's."""
     if isinstance(item, Net):
-        return deployed_weights(network_module(item.spec, 1)[0])
+        return network_weights(item.spec)
     if item.kind == "call":
         return 0
     _, modules, k = context_layers(item, base)

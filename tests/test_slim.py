@@ -645,9 +645,9 @@ def fixed_timings_lut(lut: Path, out: Path) -> Path:
     return out
 
 
-def test_slim_verify_end_to_end_with_a_mocked_slow_measurement(trained, tmp_path, monkeypatch, caplog):
-    """nas.slim --verify where every network measures 12% above its prediction, on a LUT of fixed timings: each
-    emitted arch records a measured latency at or below its target, and says which states were passed over."""
+def measuring_at(factor: float, trained, tmp_path: Path, monkeypatch) -> tuple[Path, LatencyTable]:
+    """The trained fixture's LUT with fixed timings (`fixed_timings_lut`), and --verify's measurements replaced so
+    that every network measures `factor` times its prediction on it."""
     import nas.search.verify as verify_mod
 
     lut = fixed_timings_lut(trained[1], tmp_path / "fixed.csv")
@@ -656,9 +656,16 @@ def test_slim_verify_end_to_end_with_a_mocked_slow_measurement(trained, tmp_path
         verify_mod,
         "measure_networks",
         lambda specs, backend, cfg, batch, seed, references=(): [
-            {"ms": table.predict(s) * 1.12, "drift": 1.0} for s in specs
+            {"ms": table.predict(s) * factor, "drift": 1.0} for s in specs
         ],
     )
+    return lut, table
+
+
+def test_slim_verify_end_to_end_with_a_mocked_slow_measurement(trained, tmp_path, monkeypatch, caplog):
+    """nas.slim --verify where every network measures 12% above its prediction, on a LUT of fixed timings: each
+    emitted arch records a measured latency at or below its target, and says which states were passed over."""
+    lut, table = measuring_at(1.12, trained, tmp_path, monkeypatch)
     net, _ = load_supernet(trained[0])
     start = table.predict(net.spec_of(net.derive()))
     # 0.7x: every network measures 1.12x its prediction, so the target must leave room above the trajectory's end
@@ -681,15 +688,7 @@ def test_slim_verify_spends_the_budget_the_measurement_leaves(trained, tmp_path,
     below the target and no smaller than the state it started from, with the measured refill moves in its meta."""
     import nas.search.verify as verify_mod
 
-    lut = fixed_timings_lut(trained[1], tmp_path / "fixed.csv")
-    table = LatencyTable.load(lut)
-    monkeypatch.setattr(
-        verify_mod,
-        "measure_networks",
-        lambda specs, backend, cfg, batch, seed, references=(): [
-            {"ms": table.predict(s) * 0.85, "drift": 1.0} for s in specs
-        ],
-    )
+    lut, table = measuring_at(0.85, trained, tmp_path, monkeypatch)
     calls, real = [], verify_mod.spend_budget
 
     def spy(v, target, *args, **kwargs):
