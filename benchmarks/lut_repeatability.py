@@ -20,7 +20,9 @@ action each, with the independent protocol on (`independent=true`). Reported for
   global drift removed, and its distance from the build's protocol against its own spread;
 * the per-row disagreement between a configuration's builds;
 * the same build's table as timed, without reading its passes against the sentinel (`LatencyTable.load(as_timed=
-  True)`, the rows' `raw_ms`), on the same validation measurements: a paired comparison of `measure.normalize`.
+  True)`, the rows' `raw_ms`), on the same validation measurements: a paired comparison of `measure.normalize`;
+* where the build varied more than `rebuild_above` and was built again, the table set aside, on the same
+  validation measurements (a paired comparison of the rebuild).
 
 Builds and validations run one after another, never two timings at once. Output: a table on stdout, `OUT.txt`,
 `OUT.csv` (one row per build) and `OUT_networks.csv` (every held-out network of every build).
@@ -42,6 +44,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from latency_lut.build import aside_path  # noqa: E402
 from latency_lut.bundle_measure import device_name  # noqa: E402
 from latency_lut.table import KEY_COLUMNS, LAYER_KINDS, LatencyTable, decode_stages  # noqa: E402
 from latency_lut.validation import error_stats  # noqa: E402
@@ -95,6 +98,13 @@ def build_and_validate(
     row.update(host_variation_timed=table.host_variation_as_timed, within10_cal_timed=cal_t["within_10pct"])
     row.update(within10_now_timed=now_t["within_10pct"], spearman_cal_timed=cal_t["spearman"])
     row.update(spearman_now_timed=now_t["spearman"], correction_timed=timed.calibration.name)
+    aside = aside_path(lut, 0)
+    row["rebuilt"] = aside.exists()
+    if aside.exists():  # the build varied more than rebuild_above: the table set aside, on the same validation
+        other = LatencyTable.load(aside)
+        cal_o, now_o = as_timed_figures(other, df)
+        row.update(host_variation_set_aside=other.host_variation, within10_cal_set_aside=cal_o["within_10pct"])
+        row.update(within10_now_set_aside=now_o["within_10pct"], spearman_now_set_aside=now_o["spearman"])
     return row, table, df
 
 
@@ -208,6 +218,14 @@ def main() -> None:
             f"{r['host_variation_timed'] * 100:>5.1f}%{r['within10_cal_timed'] * 100:>8.0f}%"
             f"{r['within10_now_timed'] * 100:>5.0f}%{r['spearman_now_timed']:>7.3f}"
         )
+    for r in rows:
+        if r["rebuilt"]:
+            lines.append(
+                f"{r['config']} build {r['build']} was built again (rebuild_above): the table set aside varied by "
+                f"{r['host_variation_set_aside'] * 100:.1f}% and reads, on the same validation, "
+                f"{r['within10_cal_set_aside'] * 100:.0f}% as built, {r['within10_now_set_aside'] * 100:.0f}% now, "
+                f"Spearman now {r['spearman_now_set_aside']:.3f}"
+            )
     text = "\n".join(lines)
     print(text)
     atomic_write_text(Path(a.out).with_suffix(".txt"), text + "\n")

@@ -628,3 +628,53 @@ def test_validation_times_networks_as_a_plain_loop_does(tmp_path):
     loop_ratio = np.percentile(samples[1], 25) / np.percentile(samples[0], 25)
     validator_ratio = df.loc[hi, "measured_ms"] / df.loc[lo, "measured_ms"]
     assert validator_ratio == pytest.approx(loop_ratio, rel=0.35)
+
+
+def test_an_unsteady_build_is_built_again_and_the_steadier_kept(tmp_path, monkeypatch):
+    """A build whose calibration visits varied more than rebuild_above is built again from scratch; the steadier
+    table becomes out=, the other is kept beside it. The calibration networks' timings are scripted (visit 1 of
+    every network slowed by a set factor per build), so each build's variation is known by hand: a factor f gives
+    (f - 1) / 1, the median visit being the unslowed one."""
+    import latency_lut.build as build
+    from latency_lut.measure import Net
+
+    real = build.measure_items
+    factors = iter([1.5, 1.05])  # the first build varies by 50%, the rebuild by 5%
+
+    def scripted(items, base, backend, cfg, batch, on_group, progress=None):
+        f = next(factors)
+
+        def slowed(results):
+            out = []
+            for item, stats in results:
+                if isinstance(item, Net):
+                    ms = (1.0 + 0.1 * item.index) * (f if item.visit == 1 else 1.0)
+                    stats = {**stats, "ms": ms, "raw_ms": ms, "p25_ms": ms, "p75_ms": ms}
+                out.append((item, stats))
+            on_group(out)
+
+        return real(items, base, backend, cfg, batch, slowed, progress)
+
+    monkeypatch.setattr(build, "measure_items", scripted)
+    out = tmp_path / "lut.csv"
+    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={out}"], BuildLUTConfig))
+    kept, aside = LatencyTable.load(out), LatencyTable.load(tmp_path / "lut.unsteady1.csv")
+    assert kept.host_variation == pytest.approx(0.05) and aside.host_variation == pytest.approx(0.5)
+    assert not (tmp_path / "lut.rebuild1.csv").exists() and len(kept.df) == len(aside.df)
+
+    # a rebuild that varies more keeps the first build; rebuilds=0 never builds again
+    factors = iter([1.2, 1.4])
+    out2 = tmp_path / "second.csv"
+    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={out2}"], BuildLUTConfig))
+    assert LatencyTable.load(out2).host_variation == pytest.approx(0.2)
+    assert LatencyTable.load(tmp_path / "second.unsteady1.csv").host_variation == pytest.approx(0.4)
+    # re-running a finished build measures nothing new and does not build again over the build kept aside
+    factors = iter([1.0])
+    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={out2}"], BuildLUTConfig))
+    assert LatencyTable.load(out2).host_variation == pytest.approx(0.2)
+    assert LatencyTable.load(tmp_path / "second.unsteady1.csv").host_variation == pytest.approx(0.4)
+    factors = iter([1.3])
+    out3 = tmp_path / "third.csv"
+    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={out3}", "rebuilds=0"], BuildLUTConfig))
+    assert LatencyTable.load(out3).host_variation == pytest.approx(0.3)
+    assert not (tmp_path / "third.unsteady1.csv").exists()
