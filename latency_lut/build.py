@@ -148,7 +148,7 @@ def build_lut(cfg: BuildLUTConfig) -> Path:
         table = rebuild(
             out, table, k, lambda path: measure_into(path, df[:0], [*rows, *nets, CALL], backend, cfg, meta, spec), cfg
         )
-    return finish(out)
+    return finish(out, table)
 
 
 def measure_into(out: Path, df: pd.DataFrame, todo: list, backend, cfg: BuildLUTConfig, meta: dict, spec) -> None:
@@ -217,8 +217,9 @@ def calibration_nets(cfg: BuildLUTConfig) -> list[Net]:
     return [Net(k, s, v) for v in range(cfg.calibration_visits) for k, s in enumerate(specs)]
 
 
-def finish(out: Path) -> Path:
-    table = LatencyTable.load(out)  # re-validate what was written, and fit the calibration
+def finish(out: Path, table: LatencyTable | None = None) -> Path:
+    """Log what was written: `table`, or `out` loaded again (re-validating it and fitting the calibration)."""
+    table = table if table is not None else LatencyTable.load(out)
     log.info("wrote %s: %d rows, %s", out, len(table.df), table.describe())
     return out
 
