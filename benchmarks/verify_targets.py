@@ -127,10 +127,11 @@ def report(df: pd.DataFrame, header: str, runs: list[str]) -> str:
         sub = df[df["run"] == name]
         own = sub["measured_by_verify_ms"].dropna()
         if len(own):
-            own_share = (own / sub.loc[own.index, "target_ms"] * 100).to_numpy()
+            target = sub.loc[own.index, "target_ms"]
+            own_share = (own / target * 100).to_numpy()
             lines.append(
                 f"{name}, its own measurement ({'the bundle' if name == 'remote' else '--verify'}): above target in "
-                f"{(own > sub.loc[own.index, 'target_ms']).sum()} of {len(own)} targets; share of the target used: "
+                f"{(own > target).sum()} of {len(own)} targets; share of the target used: "
                 f"median {np.median(own_share):.1f}%, from {own_share.min():.1f}% to {own_share.max():.1f}%"
             )
         for label, cols in (("raw", re_cols), ("drift removed", dr_cols)):
