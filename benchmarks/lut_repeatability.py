@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from latency_lut.build import aside_path  # noqa: E402
 from latency_lut.bundle_measure import device_name  # noqa: E402
-from latency_lut.table import KEY_COLUMNS, LAYER_KINDS, LatencyTable, decode_stages  # noqa: E402
-from latency_lut.validation import error_stats  # noqa: E402
+from latency_lut.table import KEY_COLUMNS, LAYER_KINDS, LatencyTable  # noqa: E402
+from latency_lut.validation import reread  # noqa: E402
 from nas.build_lut import BuildLUTConfig  # noqa: E402
 from nas.build_lut import run as build_lut  # noqa: E402
 from nas.config import compose  # noqa: E402
@@ -94,7 +94,7 @@ def build_and_validate(
     steady = f.get("steady", {"within_10pct": np.nan, "networks": 0})
     row.update(within10_steady=steady["within_10pct"], steady_networks=steady["networks"], **gate.counts())
     timed = LatencyTable.load(lut, as_timed=True)
-    cal_t, now_t = as_timed_figures(timed, df)
+    cal_t, now_t = reread(timed, df)
     row.update(host_variation_timed=table.host_variation_as_timed, within10_cal_timed=cal_t["within_10pct"])
     row.update(within10_now_timed=now_t["within_10pct"], spearman_cal_timed=cal_t["spearman"])
     row.update(spearman_now_timed=now_t["spearman"], correction_timed=timed.calibration.name)
@@ -102,26 +102,10 @@ def build_and_validate(
     row["rebuilt"] = aside.exists()
     if aside.exists():  # the build varied more than rebuild_above: the table set aside, on the same validation
         other = LatencyTable.load(aside)
-        cal_o, now_o = as_timed_figures(other, df)
+        cal_o, now_o = reread(other, df)
         row.update(host_variation_set_aside=other.host_variation, within10_cal_set_aside=cal_o["within_10pct"])
         row.update(within10_now_set_aside=now_o["within_10pct"], spearman_now_set_aside=now_o["spearman"])
     return row, table, df
-
-
-def as_timed_figures(timed: LatencyTable, df: pd.DataFrame) -> tuple[dict, dict]:
-    """The figures of the same build's table as timed (its rows not read against the sentinel) on the same
-    validation measurements: as built, and with each group's drift removed, the drift read from the group's
-    references now (`references`) against the as-timed table's own calibration networks."""
-    then = [ms for _, ms in timed.networks()]
-    pred = np.array([timed.predict(decode_stages(a, timed.base_spec())) for a in df["arch"]])
-    drift = np.array(
-        [
-            np.median([float(ms) / then[int(k)] for k, ms in (x.split(":") for x in r.split(";"))])
-            for r in df["references"]
-        ]
-    )
-    meas = df["measured_ms"].to_numpy()
-    return error_stats(pred, meas), error_stats(pred * drift, meas)
 
 
 class GateLine(logging.Handler):

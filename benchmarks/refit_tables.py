@@ -18,23 +18,19 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from latency_lut.build import table_items  # noqa: E402
 from latency_lut.measure import item_weights  # noqa: E402
-from latency_lut.table import LatencyTable, decode_stages  # noqa: E402
-from latency_lut.validation import error_stats  # noqa: E402
+from latency_lut.table import LatencyTable  # noqa: E402
+from latency_lut.validation import reread  # noqa: E402
 
 
 def readings(table: LatencyTable, val: pd.DataFrame) -> dict[str, object]:
     """The table's figures on the validation's networks: as built, and each divided by its group's drift."""
-    base = table.base_spec()
-    pred = np.array([table.predict(decode_stages(a, base)) for a in val["arch"]])
-    meas, drift = val["measured_ms"].to_numpy(), val["drift"].to_numpy()
-    cal, now = error_stats(pred, meas), error_stats(pred * drift, meas)
+    cal, now = reread(table, val)
     c = table.calibration
     return {
         "correction": c.name,

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from latency_lut.backends import make_backend
 from latency_lut.measure import MeasureConfig, measure_alone, measure_networks
 from latency_lut.sampling import mixed_specs, slimmer_like_spec
-from latency_lut.table import LatencyTable, LUTError, encode_stages
+from latency_lut.table import LatencyTable, LUTError, decode_stages, encode_stages
 from supernet.arch import ArchSpec
 from supernet.files import atomic_write_text
 from supernet.space import SpaceConfig, choices_of, first_mb3d, resized, stages_of, with_path
@@ -82,6 +82,23 @@ def error_stats(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
         "median_signed_pct_err": float(np.median(err)),
         "worst_abs_pct_err": float(np.max(np.abs(err))),
     }
+
+
+def reread(table: LatencyTable, df: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
+    """`table`'s figures on a kept validation's measurements (`df`: validation.csv), nothing timed: as built, and
+    with each network's group drift removed ('recalibrated now'). The drift is read again from the group's
+    references (their ms now) against `table`'s own calibration networks, so another table of the same networks
+    (the same build as timed, or refitted) is read against its own readings of them."""
+    then = [ms for _, ms in table.networks()]
+
+    def drift(refs: object) -> float:
+        pairs = [x.split(":") for x in refs.split(";")] if isinstance(refs, str) and refs else []
+        return float(np.median([float(ms) / then[int(k)] for k, ms in pairs])) if pairs else 1.0
+
+    base = table.base_spec()
+    pred = np.array([table.predict(decode_stages(a, base)) for a in df["arch"]])
+    meas = df["measured_ms"].to_numpy()
+    return error_stats(pred, meas), error_stats(pred * np.array([drift(r) for r in df["references"]]), meas)
 
 
 def action_variants(spec: ArchSpec, rng: random.Random, step: int) -> list[tuple[str, ArchSpec]]:
