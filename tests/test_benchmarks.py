@@ -286,3 +286,20 @@ def test_gate_line_reads_the_gates_own_summary():
     with GateLine() as line:
         logging.getLogger("latency_lut.build").info(gate.describe())
     assert line.counts() == {"gate_slow": 13, "gate_remeasured": 6, "gate_passes": 144, "gate_still_slow": 1}
+
+
+def test_cross_read_gives_each_kept_table_the_figures_its_own_validation_recorded():
+    """Run 6's kept tables, each read again on its own validation (nothing timed), against the figures the sweep
+    recorded when it validated them; and each is read on the other build's validation too."""
+    import cross_read
+    import pandas as pd
+
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    df = cross_read.cross(results / "lut_configs_run6_xeon_tables")
+    recorded = pd.read_csv(results / "lut_configs_run6_xeon.csv")
+    recorded["table"] = [f"{c.replace(':', '-')}-{b - 1}" for c, b in zip(recorded["config"], recorded["build"])]
+    own = df[df["own"]].merge(recorded, on="table", suffixes=("", "_recorded"))
+    assert len(own) == 12  # every build of run 6
+    assert np.allclose(own["within10_now"], own["within10_now_recorded"])
+    assert np.allclose(own["spearman_now"], own["spearman_now_recorded"], atol=1e-3)
+    assert len(df) == 24 and (~df["own"]).sum() == 12
