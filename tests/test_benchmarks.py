@@ -303,3 +303,22 @@ def test_cross_read_gives_each_kept_table_the_figures_its_own_validation_recorde
     assert np.allclose(own["within10_now"], own["within10_now_recorded"])
     assert np.allclose(own["spearman_now"], own["spearman_now_recorded"], atol=1e-3)
     assert len(df) == 24 and (~df["own"]).sum() == 12
+
+
+def test_width_cost_reads_back_the_states_nas_slim_writes(tmp_path):
+    """width_cost.py re-scores the states of a trajectory.csv: what it parses is what `trajectory_frame` wrote."""
+    import width_cost
+
+    from nas.search.report import trajectory_frame
+    from nas.search.state import SlimState, Step
+
+    states = [
+        SlimState((("4d", "4d"), ("4d",), ("4d", "3d"), ("3d",)), (32, 64, 96, 128)),
+        SlimState((("id", "4d"), ("id",), ("4d", "id"), ("3d",)), (16, 64, 80, 128)),
+    ]
+    steps = [
+        Step(k, "start" if k == 0 else "drop_path", "", 1.0 - k / 10, 0.5, 0.9, 0.0, s, k) for k, s in enumerate(states)
+    ]
+    path = tmp_path / "trajectory.csv"
+    trajectory_frame(steps).to_csv(path, index=False)
+    assert width_cost.trajectory_states(path) == [(0, states[0]), (1, states[1])]
