@@ -669,31 +669,22 @@ def test_an_unsteady_build_is_built_again_and_the_steadier_kept(tmp_path, monkey
     assert kept.host_variation == pytest.approx(0.05) and aside.host_variation == pytest.approx(0.5)
     assert not (tmp_path / "lut.rebuild1.csv").exists() and len(kept.df) == len(aside.df)
 
-    # a rebuild that varies more keeps the first build; rebuilds=0 never builds again
-    factors = iter([1.2, 1.4])
-    out2 = tmp_path / "second.csv"
-    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={out2}"], BuildLUTConfig))
-    assert LatencyTable.load(out2).host_variation == pytest.approx(0.2)
-    assert LatencyTable.load(tmp_path / "second.unsteady1.csv").host_variation == pytest.approx(0.4)
+    def built(name: str, slowdowns: list[float], *overrides: str) -> tuple[float, float | None]:
+        """Build `name`.csv with each build's visit-1 slowdown scripted; the kept table's variation and the set-aside
+        one's (None when nothing was set aside)."""
+        nonlocal factors
+        factors = iter(slowdowns)
+        build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={tmp_path / name}.csv", *overrides], BuildLUTConfig))
+        aside = tmp_path / f"{name}.unsteady1.csv"
+        kept = LatencyTable.load(tmp_path / f"{name}.csv").host_variation
+        return kept, LatencyTable.load(aside).host_variation if aside.exists() else None
+
+    # a rebuild that varies more keeps the first build
+    assert built("second", [1.2, 1.4]) == (pytest.approx(0.2), pytest.approx(0.4))
     # re-running a finished build measures nothing new and does not build again over the build kept aside
-    factors = iter([1.0])
-    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={out2}"], BuildLUTConfig))
-    assert LatencyTable.load(out2).host_variation == pytest.approx(0.2)
-    assert LatencyTable.load(tmp_path / "second.unsteady1.csv").host_variation == pytest.approx(0.4)
+    assert built("second", [1.0]) == (pytest.approx(0.2), pytest.approx(0.4))
     # the default threshold is 5% (benchmarks/README.md section 3, run 8): a build varying by 7% is built again,
-    # and not once the threshold is set back to 10%
-    factors = iter([1.07, 1.02])
-    out4 = tmp_path / "fourth.csv"
-    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={out4}"], BuildLUTConfig))
-    assert LatencyTable.load(out4).host_variation == pytest.approx(0.02)
-    assert LatencyTable.load(tmp_path / "fourth.unsteady1.csv").host_variation == pytest.approx(0.07)
-    factors = iter([1.07])
-    out5 = tmp_path / "fifth.csv"
-    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={out5}", "rebuild_above=0.10"], BuildLUTConfig))
-    assert LatencyTable.load(out5).host_variation == pytest.approx(0.07)
-    assert not (tmp_path / "fifth.unsteady1.csv").exists()
-    factors = iter([1.3])
-    out3 = tmp_path / "third.csv"
-    build_lut(compose("build_lut", [*SMALL_SPACE, *FAST, f"out={out3}", "rebuilds=0"], BuildLUTConfig))
-    assert LatencyTable.load(out3).host_variation == pytest.approx(0.3)
-    assert not (tmp_path / "third.unsteady1.csv").exists()
+    # and not once the threshold is set back to 10%; rebuilds=0 never builds again
+    assert built("fourth", [1.07, 1.02]) == (pytest.approx(0.02), pytest.approx(0.07))
+    assert built("fifth", [1.07], "rebuild_above=0.10") == (pytest.approx(0.07), None)
+    assert built("third", [1.3], "rebuilds=0") == (pytest.approx(0.3), None)
