@@ -38,15 +38,18 @@ assert not any(w.startswith(sys.argv[1]) for w in where), f"imported from the ch
 print("imported from", where[0])
 PY
 FAST="measure.warmup=1 measure.rounds=2 measure.runs_per_round=2 measure.interleave=4"
+# 1.5 ms, twice the space's floor (one block at the narrowest widths, about 0.75 ms predicted here): with these short
+# settings a noisy build can predict 25-30% fast, and the pipeline's --verify then finds nothing at 0.9 ms that
+# measures under it (a CI run failed so on the Intel Xeon, "no state of the slimming trajectory measures at or below it")
 set -x
 "$PY" -m nas.data data=digits
 "$PY" -m nas.profile arch=l1
 "$PY" -m nas.train_supernet data=digits train.epochs=1 out=sn
 "$PY" -m nas.build_lut out=lut.csv calibration_networks=6 $FAST
 "$PY" -m nas.validate_lut lut=lut.csv samples=6 action_pairs=2 $FAST
-"$PY" -m nas.slim --target-ms 0.9 --supernet sn --lut lut.csv --out slim val_images=200 bn_batches=1
-"$PY" -m nas.train arch=slim/target_0.9ms/arch.yaml data=digits train.epochs=1 out=train
-"$PY" -m nas.export arch=slim/target_0.9ms/arch.yaml weights=train/checkpoint.pt format=onnx out=export
-"$PY" -m nas.pipeline --target-ms 0.9 --out pipe data=digits train.epochs=1 calibration_networks=6 val_images=200 $FAST
+"$PY" -m nas.slim --target-ms 1.5 --supernet sn --lut lut.csv --out slim val_images=200 bn_batches=1
+"$PY" -m nas.train arch=slim/target_1.5ms/arch.yaml data=digits train.epochs=1 out=train
+"$PY" -m nas.export arch=slim/target_1.5ms/arch.yaml weights=train/checkpoint.pt format=onnx out=export
+"$PY" -m nas.pipeline --target-ms 1.5 --out pipe data=digits train.epochs=1 calibration_networks=6 val_images=200 $FAST
 set +x
 echo "wheel round trip: every entry point ran from the installed wheel in $WORK/user"
