@@ -21,6 +21,7 @@ target). Train each with `python -m nas.train arch=DIR/<name>.yaml out=... train
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from pathlib import Path
@@ -76,14 +77,15 @@ def search_setup(a: argparse.Namespace) -> tuple[SearchStack, SubnetEvaluator]:
 def probe(a: argparse.Namespace, stack: SearchStack, evaluator: SubnetEvaluator) -> pd.DataFrame:
     """Every drop and every narrowing at every state of the trajectory, scored (a row each)."""
     path_scores, stage_scores = stack.net.importance()
+    losses = functools.cache(functools.partial(image_losses, evaluator))  # a step's state was the last one's move
     rows = []
     for step, state in trajectory_states(Path(a.trajectory)):
-        base, lat = image_losses(evaluator, state), stack.latency(state)
+        base, lat = losses(state), stack.latency(state)
         moves = drop_path_candidates(state, path_scores) + narrow_stage_candidates(
             state, stage_scores, SlimConfig().width_step
         )
         for cand in moves:
-            d = image_losses(evaluator, cand.state) - base
+            d = losses(cand.state) - base
             saved = lat - stack.latency(cand.state)
             rows.append(
                 {
@@ -107,6 +109,7 @@ def write_pair(a: argparse.Namespace, stack: SearchStack, evaluator: SubnetEvalu
     state before it, narrowed by the supernet's cheapest narrowing per ms until it is predicted at or below the
     target), both measured side by side; a line on each."""
     net = stack.net
+    score = functools.cache(evaluator)  # each narrowing taken was scored as a candidate the round before
     states = trajectory_states(Path(a.trajectory))
     k = next((i for i, (_, s) in enumerate(states) if stack.latency(s) <= a.target), None)
     if k is None or k == 0:
@@ -117,8 +120,8 @@ def write_pair(a: argparse.Namespace, stack: SearchStack, evaluator: SubnetEvalu
         options = narrow_stage_candidates(cur, stage_scores, SlimConfig().width_step)
         if not options:
             raise SystemExit(f"--target {a.target:g}: narrowing alone cannot reach it from step {states[k - 1][0]}")
-        base, lat = evaluator(cur).loss, stack.latency(cur)
-        cur = min(options, key=lambda c: (evaluator(c.state).loss - base) / max(lat - stack.latency(c.state), 1e-9))
+        base, lat = score(cur).loss, stack.latency(cur)
+        cur = min(options, key=lambda c: (score(c.state).loss - base) / max(lat - stack.latency(c.state), 1e-9))
         cur = cur.state
     out = Path(a.pair)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +130,7 @@ def write_pair(a: argparse.Namespace, stack: SearchStack, evaluator: SubnetEvalu
     passes = remeasure(specs, stack.table, 2)  # side by side, the LUT's references in every group
     lines = ["", f"pair for target {a.target:g} ms (written to {out}; measured twice, each group's drift removed):"]
     for i, ((name, state), spec) in enumerate(zip(pair, specs)):
-        s = evaluator(state)
+        s = score(state)
         spec.save(out / f"{name}.yaml")
         ms = " / ".join(f"{p[i]['ms'] / p[i]['drift']:.4f}" for p in passes)
         lines.append(
