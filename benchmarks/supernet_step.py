@@ -5,6 +5,7 @@
     python benchmarks/supernet_step.py --space l7 --device cuda     # 224 px, batch 64, with peak GPU memory
     python benchmarks/supernet_step.py --amp                # each contender also under bf16 autocast (train.amp)
     python benchmarks/supernet_step.py --amp --channels-last        # ... and each of those also in NHWC
+    python benchmarks/supernet_step.py --width-sampling     # add the hard supernet with supernet.width_sampling
 
 Every contender does a full training step (forward, cross-entropy, backward, AdamW step) on the same batch.
 They are timed side by side in one process: after warm-up, each round runs every contender `--per-round`
@@ -17,6 +18,9 @@ Gumbel: one branch per MetaPath), and standalone `build_model` networks of the t
 MetaPath MB4D; and stages 3-4 all MB3D). With `--amp`, each contender also runs as a copy under bf16 autocast
 (what `train.amp=bf16` does), in the same shuffled rounds. With `--channels-last`, every contender also runs as a copy
 whose weights and batch are in NHWC (`train.channels_last=true`); with both flags, also bf16 and NHWC together.
+With `--width-sampling`, the hard supernet also runs as `supernet.width_sampling=true` trains it: the full network
+and the network narrowed to widths drawn per stage from the 16-channel grid, both through backward (the logits are
+summed; the trainer sums the two losses, which costs the same).
 """
 
 from __future__ import annotations
@@ -54,19 +58,34 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--channels-last", action="store_true", help="add an NHWC copy of every contender (and of its bf16 copy)"
     )
+    p.add_argument("--width-sampling", action="store_true", help="add the hard supernet with width sampling")
     return p.parse_args()
 
 
-def contenders(space) -> dict[str, nn.Module]:
+class WidthSampled(nn.Module):
+    """The hard supernet as `supernet.width_sampling=true` runs it: the full network plus one narrowed network."""
+
+    def __init__(self, net: SuperNet, step: int = 16):
+        super().__init__()
+        self.net, self.step = net, step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) + self.net(x, widths=self.net.sample_widths(self.step))
+
+
+def contenders(space, width_sampling: bool = False) -> dict[str, nn.Module]:
     """The supernet in soft and hard mode, and two standalone networks of the same space for scale."""
     soft = SuperNet(space, num_classes=10, hard=False)
     all3d = tuple(("3d" if "3d" in soft.stage_choices[i] else "4d",) * d for i, d in enumerate(space.depths))
-    return {
+    out = {
         "supernet soft": soft,
         "supernet hard": SuperNet(space, num_classes=10, hard=True),
         "standalone all-MB4D": build_model(space.max_spec(10)),
         "standalone MB3D in stages 3-4": build_model(soft.spec_of(all3d)),
     }
+    if width_sampling:
+        out["supernet hard, width-sampled"] = WidthSampled(SuperNet(space, num_classes=10, hard=True))
+    return out
 
 
 def variant(name: str) -> str:
@@ -122,7 +141,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     space = compose("train_supernet", [f"space={a.space}"], TrainSupernetConfig).space
-    models = {k: m.to(dev) for k, m in contenders(space).items()}
+    models = {k: m.to(dev) for k, m in contenders(space, a.width_sampling).items()}
     base = dict(models)
     if a.amp:
         models.update({f"{k} (bf16)": copy.deepcopy(m) for k, m in base.items()})

@@ -7,6 +7,10 @@ in each active block the MLP/attention weights reading c (fc1 / qkv input column
 output rows). The top-`width` channels are kept, in their original order. When a stage narrows, each block's
 MLP hidden layer (mlp_ratio x width) narrows too, keeping the hidden units with the largest L1 norm of their
 fc1 row plus fc2 column.
+
+A supernet trained with width sampling (`SuperNet.forward(widths=)`) trained its narrower networks on the *first*
+channels and hidden units of every stage (`prefix_tensor`); it extracts them by that prefix instead
+(`SuperNet.channel_order="prefix"`), with the same roles.
 """
 
 from __future__ import annotations
@@ -62,6 +66,16 @@ def slice_tensor(t: torch.Tensor, roles: tuple[str | None, ...], index: dict[str
     for dim, role in enumerate(roles):
         if role is not None and role in index and dim < t.ndim:
             t = t.index_select(dim, index[role])
+    return t
+
+
+def prefix_tensor(t: torch.Tensor, roles: tuple[str | None, ...], sizes: dict[str, int]) -> torch.Tensor:
+    """`t` narrowed to the first `sizes[role]` entries of every dimension with a role: a view, so that gradients and
+    in-place updates (BatchNorm's running statistics) reach the full tensor. Width-sampled supernet training runs
+    narrower networks on these views (`SuperNet.forward(widths=)`)."""
+    for dim, role in enumerate(roles):
+        if role is not None and role in sizes and dim < t.ndim:
+            t = t.narrow(dim, 0, sizes[role])
     return t
 
 

@@ -12,6 +12,13 @@ Noise eps: "gumbel" (-log(-log U), the default, as in DARTS/FBNet), "uniform" (t
 eps ~ U(0, 1)) or "none". `hard=True` is our addition (straight-through Gumbel): the forward pass runs only
 the sampled branch of each MetaPath, while the gradient reaches alpha through the soft weights.
 In eval mode there is no noise: soft mode mixes with softmax(alpha / tau), hard mode runs the argmax path.
+
+Narrower widths. `forward(x, widths=...)` runs the supernet with every stage narrowed to the first `widths[i]`
+channels (and each MLP to its first mlp_ratio x width hidden units), on views of the full weights: a narrower supernet
+of the same space, built once per widths on the meta device, is called with those views (`torch.func.functional_call`).
+Width-sampled training (`nas.train_supernet supernet.width_sampling=true`) trains such prefixes beside the full
+network, and a supernet trained so extracts its narrower networks by prefix (`channel_order="prefix"`) rather than by
+the L1 criterion of `supernet/slicing.py`.
 """
 
 from __future__ import annotations
@@ -33,12 +40,14 @@ from supernet.slicing import (
     STEM_ROLES,
     channel_scores,
     hidden_scores,
+    prefix_tensor,
     slice_state,
     top_k,
 )
 from supernet.space import Choices, SpaceConfig, stages_of
 
 NOISE = ("gumbel", "uniform", "none")
+CHANNEL_ORDERS = ("importance", "prefix")  # how extract() picks a narrower stage's channels
 
 
 class MetaPath(nn.Module):
@@ -106,12 +115,23 @@ class SuperNet(EfficientViT):
         noise: str = "gumbel",
         hard: bool = False,
         tau: float = 5.0,
+        channel_order: str = "importance",
+        widths: tuple[int, ...] | None = None,
     ):
+        """`widths`: build the supernet narrower than its space (the stem keeps the space's width): the template
+        that `forward(widths=)` calls with views of the full weights."""
         if noise not in NOISE:
             raise ValueError(f"noise must be one of {NOISE}, got {noise!r}")
+        if channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
         self.space = space
         self.stage_choices = tuple(space.choices(i) for i in range(4))
-        super().__init__(space.max_spec(num_classes, in_chans))
+        spec = space.max_spec(num_classes, in_chans)
+        if widths is not None:
+            spec = spec.replace(stages=tuple(StageSpec(w, s.blocks) for w, s in zip(widths, spec.stages))).validate()
+        super().__init__(spec)
+        self.channel_order = channel_order
+        self._narrow: dict[tuple[int, ...], SuperNet] = {}  # forward(widths=)'s templates, on the meta device
         self.alphas = nn.ParameterList(
             nn.Parameter(torch.zeros(d, len(c))) for d, c in zip(space.depths, self.stage_choices)
         )
@@ -163,8 +183,68 @@ class SuperNet(EfficientViT):
             x = stage(x, w, a)
         return self.norm(x.flatten(2).transpose(1, 2))  # (B, N, C)
 
-    def forward(self, x: torch.Tensor, weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, weights: list[torch.Tensor] | None = None, widths: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
+        """`widths`: run the network narrowed to the first `widths[i]` channels of each stage (module doc)."""
+        if widths is not None and tuple(widths) != tuple(self.spec.widths):
+            weights = self.mixture_weights() if weights is None else weights
+            template = self._template(tuple(widths))
+            template.train(self.training)
+            template.hard, template.distilled_training = self.hard, self.distilled_training
+            return torch.func.functional_call(template, self.narrowed_tensors(widths), (x, weights))
         return self.forward_head(self.forward_features(x, weights))
+
+    # ---------------------------------------------------------------------------------- narrower
+    def width_grid(self, step: int) -> list[list[int]]:
+        """Per stage, the widths a search can narrow it to: multiples of `step` up to the stage's width."""
+        return [list(range(step, w + 1, step)) or [w] for w in self.spec.widths]
+
+    def sample_widths(self, step: int) -> tuple[int, ...]:
+        """One width per stage, uniformly from `width_grid(step)`, drawn from torch's global generator."""
+        return tuple(g[int(torch.randint(len(g), ()))] for g in self.width_grid(step))
+
+    def narrowed_tensors(self, widths: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer but alpha, narrowed to the prefix `widths` keep (views of the full tensors)."""
+        hidden = [int(w * self.spec.mlp_ratio) for w in widths]
+        out = {}
+        for name, t in [*self.named_parameters(), *self.named_buffers()]:
+            top, *rest = name.split(".")
+            if top == "alphas":
+                continue
+            if top == "stem":
+                roles, sizes = STEM_ROLES, {"c": widths[0]}
+            elif top == "stages" and rest[1] == "downsample":  # stages.<i>.downsample.<key>
+                i, rest = int(rest[0]), rest[2:]
+                roles, sizes = EMBED_ROLES, {"c": widths[i], "p": widths[i - 1]}
+            elif top == "stages":  # stages.<i>.paths.<j>.mb4d|mb3d.<key>
+                i, rest = int(rest[0]), rest[4:]
+                roles, sizes = BLOCK_ROLES, {"c": widths[i], "h": hidden[i]}
+            else:  # norm, head, head_dist
+                roles, sizes = (NORM_ROLES if top == "norm" else CLASSIFIER_ROLES), {"c": widths[-1]}
+            key = ".".join(rest)
+            out[name] = prefix_tensor(t, roles[key], sizes) if key in roles else t
+        return out
+
+    def _template(self, widths: tuple[int, ...]) -> SuperNet:
+        """The narrower supernet whose parameter shapes are `narrowed_tensors(widths)`'s, built once per widths on
+        the meta device (no memory, no draw from the random generator); its shapes are checked against the views."""
+        if widths not in self._narrow:
+            if len(widths) != len(self.spec.widths) or any(not 0 < w <= m for w, m in zip(widths, self.spec.widths)):
+                raise ValueError(f"widths {widths}: one per stage, each in 1..{list(self.spec.widths)}")
+            with torch.device("meta"):
+                template = SuperNet(
+                    self.space, self.num_classes, self.spec.in_chans, self.noise, self.hard, self.tau, widths=widths
+                )
+            views = self.narrowed_tensors(widths)
+            for name, t in [*template.named_parameters(), *template.named_buffers()]:
+                if name in views and views[name].shape != t.shape:
+                    raise RuntimeError(
+                        f"narrowing {name} to widths {widths}: {tuple(views[name].shape)}, "
+                        f"the narrower network has {tuple(t.shape)}"
+                    )
+            self._narrow[widths] = template
+        return self._narrow[widths]
 
     def path_weights(self, choices: Choices) -> list[torch.Tensor]:
         """One-hot mixture weights that restrict the supernet to `choices`."""
@@ -241,6 +321,9 @@ class SuperNet(EfficientViT):
         ]
         idx = []
         for i, stage in enumerate(self.stages):
+            if self.channel_order == "prefix":  # trained by width sampling: the prefix is the narrower network
+                idx.append(torch.arange(spec.widths[i]))
+                continue
             producer = self.stem.conv2.weight if i == 0 else stage.downsample.conv.weight
             scores = channel_scores(producer, [b.state_dict() for b in active[i]])
             idx.append(top_k(scores, spec.widths[i]))
@@ -253,7 +336,8 @@ class SuperNet(EfficientViT):
             hidden = int(spec.widths[i] * spec.mlp_ratio)
             for block, src in zip(blocks, active[i], strict=True):
                 sd = src.state_dict()
-                index = {"c": idx[i], "h": top_k(hidden_scores(sd), hidden)}
+                h = torch.arange(hidden) if self.channel_order == "prefix" else top_k(hidden_scores(sd), hidden)
+                index = {"c": idx[i], "h": h}
                 block.load_state_dict(slice_state(sd, BLOCK_ROLES, index))
         sub.norm.load_state_dict(slice_state(self.norm.state_dict(), NORM_ROLES, {"c": idx[3]}))
         sub.head.load_state_dict(slice_state(self.head.state_dict(), CLASSIFIER_ROLES, {"c": idx[3]}))

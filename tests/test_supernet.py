@@ -176,6 +176,86 @@ def test_narrowing_removes_exactly_the_dead_channels():
     assert narrow.stages[1].blocks[0].mlp.fc1.out_channels == 64
 
 
+# --------------------------------------------------------------------------- narrower widths (width sampling)
+@pytest.mark.parametrize("choices", CHOICES)
+def test_a_narrowed_forward_is_the_prefix_network_that_extract_builds(choices):
+    """Oracle: `forward(widths=)` runs views of the full weights through a meta-device template; an independent
+    build (build_model of the narrower spec, loaded with `extract`'s copied slices) must compute the same logits."""
+    net = SuperNet(SMALL, num_classes=10, channel_order="prefix")
+    randomize_state(net, seed=6)
+    net.eval()
+    widths = (16, 16, 32, 48)
+    ref = build_model(net.spec_of(choices, widths)).eval()
+    ref.load_state_dict(net.extract(choices, widths).state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    rng = torch.get_rng_state()
+    with torch.no_grad():
+        y, y_ref = net(x, net.path_weights(choices), widths=widths), ref(x)
+    assert torch.equal(torch.get_rng_state(), rng)  # the template was built without a draw
+    assert y_ref.abs().max() > 1e-2
+    assert (y - y_ref).abs().max() <= 1e-5
+    w = net.path_weights(choices)
+    with torch.no_grad():  # the full widths take the plain path
+        assert torch.equal(net(x, w, widths=(16, 32, 48, 64)), net(x, w))
+
+
+def test_a_narrowed_forward_equals_the_full_network_whose_extra_channels_are_dead():
+    """Oracle independent of slicing: stage 2's channels beyond the first 16 and its MLP's hidden units beyond the
+    first 64 made dead (every weight producing or reading them zero), the full network computes what the network
+    narrowed to (16, 16, 48, 64) computes."""
+    net = SuperNet(SMALL, num_classes=10, channel_order="prefix")
+    randomize_state(net, seed=7)
+    choices = (("4d", "4d"), ("4d",), ("4d", "id", "4d"), ("4d", "3d"))
+    with torch.no_grad():
+        emb = net.stages[1].downsample
+        for t in (emb.conv.weight, emb.conv.bias, emb.norm.weight, emb.norm.bias, emb.norm.running_mean):
+            t[16:] = 0
+        net.stages[2].downsample.conv.weight[:, 16:] = 0
+        mlp = net.stages[1].paths[0].mb4d.mlp
+        mlp.fc1.weight[:, 16:] = 0
+        for t in (mlp.fc2.weight, mlp.fc2.bias, mlp.norm2.weight, mlp.norm2.bias, mlp.norm2.running_mean):
+            t[16:] = 0
+        for t in (mlp.fc1.weight, mlp.fc1.bias, mlp.norm1.weight, mlp.norm1.bias, mlp.norm1.running_mean):
+            t[64:] = 0
+        mlp.fc2.weight[:, 64:] = 0
+    net.eval()
+    x = torch.randn(2, 3, 64, 64)
+    w = net.path_weights(choices)
+    with torch.no_grad():
+        full, narrow = net(x, w), net(x, w, widths=(16, 16, 48, 64))
+    assert full.abs().max() > 1e-2
+    assert (full - narrow).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_a_narrowed_training_step_updates_only_the_prefix(hard):
+    """Gradients and BatchNorm's running statistics reach the full tensors through the views, on the prefix only;
+    alpha is trained through the narrower network too."""
+    net = SuperNet(SMALL, num_classes=10, hard=hard, channel_order="prefix")
+    randomize_state(net, seed=8)
+    net.train()
+    emb = net.stages[1].downsample
+    before = emb.norm.running_mean.clone()
+    net(torch.randn(4, 3, 64, 64), widths=(16, 16, 32, 48)).sum().backward()
+    g = emb.conv.weight.grad
+    assert g[:16].abs().sum() > 0 and g[16:].abs().sum() == 0
+    assert not torch.equal(emb.norm.running_mean[:16], before[:16])
+    assert torch.equal(emb.norm.running_mean[16:], before[16:])
+    assert net.head.weight.grad[:, 48:].abs().sum() == 0 and net.head.weight.grad[:, :48].abs().sum() > 0
+    assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in net.alphas)
+
+
+def test_width_grid_and_samples():
+    net = SuperNet(SMALL, num_classes=10)
+    assert net.width_grid(16) == [[16], [16, 32], [16, 32, 48], [16, 32, 48, 64]]
+    torch.manual_seed(0)
+    seen = {net.sample_widths(16) for _ in range(200)}
+    assert all(w in g for ws in seen for w, g in zip(ws, net.width_grid(16)))
+    assert len({ws[3] for ws in seen}) == 4  # every width of the last stage drawn
+    with pytest.raises(ValueError, match="widths"):
+        net(torch.randn(1, 3, 64, 64), widths=(16, 16, 48, 80))
+
+
 # ------------------------------------------------------------------------------------------- no host sync
 def _count_host_reads(monkeypatch):
     """Count every way a tensor value reaches the host in Python: .item(), .tolist(), bool(), float(), int()."""

@@ -118,6 +118,43 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+def test_width_sampling_trains_the_full_and_a_drawn_narrower_network_every_step(tmp_path, monkeypatch):
+    """Every training step runs the full network and one network narrowed to widths drawn from the grid (the
+    narrowed forward itself is checked against independent builds in test_supernet.py); the loss is their sum,
+    so it starts near 2 ln 10; the checkpoint records the prefix channel order that nas.slim extracts by."""
+    from nas.search.loading import load_supernet
+    from supernet.supernet import SuperNet
+
+    calls: list = []
+    forward = SuperNet.forward
+
+    def spy(self, x, weights=None, widths=None):
+        if self.training and tuple(self.spec.widths) == (16, 16, 32, 32):  # not the narrower template it calls
+            calls.append(widths)
+        return forward(self, x, weights, widths)
+
+    monkeypatch.setattr(SuperNet, "forward", spy)
+    out = run(small_cfg(tmp_path, "train.epochs=1", "supernet.width_sampling=true"))
+    steps = len(calls) // 2
+    assert steps > 5 and calls[0::2] == [None] * steps  # the full network, then a narrowed one, each step
+    grid = [list(range(16, w + 1, 16)) for w in (16, 16, 32, 32)]
+    assert all(all(w in g for w, g in zip(ws, grid)) for ws in calls[1::2])
+    assert len(set(calls[1::2])) > 1
+    net, ckpt = load_supernet(out / "supernet.pt")
+    assert net.channel_order == ckpt["meta"]["channel_order"] == "prefix"
+    assert pd.read_csv(out / "metrics.csv")["train_loss"].iloc[0] > 1.8 * math.log(10)
+    plain, _ = load_supernet(run(small_cfg(tmp_path / "plain", "train.epochs=1")) / "supernet.pt")
+    assert plain.channel_order == "importance"
+
+
+def test_width_sampling_refuses_ddp(tmp_path):
+    from nas.training.supernet_run import train_supernet
+    from nas.training.trainer import DistInfo
+
+    with pytest.raises(ConfigError, match="one process"):
+        train_supernet(small_cfg(tmp_path, "supernet.width_sampling=true"), DistInfo(rank=0, world_size=2))
+
+
 @pytest.mark.slow
 def test_two_process_ddp_on_gloo(tmp_path):
     r = torchrun("nas.train_supernet", [*SMALL, "train.epochs=2", f"out={tmp_path}"], port=29533)

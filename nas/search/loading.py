@@ -46,7 +46,8 @@ def load_supernet(path: Path) -> tuple[SuperNet, dict[str, Any]]:
     except Exception as e:  # omegaconf's errors: a wrong key or type in the stored space
         raise CheckpointError(f"{path}: its stored space is not a valid space ({short(e)})") from None
     try:
-        net = SuperNet(space, int(meta["num_classes"]), int(meta.get("in_chans", 3)))
+        order = meta.get("channel_order", "importance")  # supernets written before width sampling: importance
+        net = SuperNet(space, int(meta["num_classes"]), int(meta.get("in_chans", 3)), channel_order=order)
     except (UserError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: its space {space.name!r} cannot be built ({short(e)})") from None
     try:

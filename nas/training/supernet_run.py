@@ -18,6 +18,7 @@ from nas.config import to_yaml
 from nas.data import DataConfig, build_datasets
 from nas.training.supernet_trainer import SupernetConfig, SupernetTrainer, check_space
 from nas.training.trainer import DistInfo, TrainConfig, checkpoint_to_resume
+from supernet.errors import ConfigError
 from supernet.files import atomic_write_text
 from supernet.space import SpaceConfig
 from supernet.supernet import NOISE, SuperNet
@@ -49,9 +50,14 @@ def train_supernet(cfg: TrainSupernetConfig, dist_info: DistInfo | None = None) 
     """Train (or resume) a supernet; returns the run folder."""
     dist_info = dist_info or DistInfo()
     if cfg.supernet.noise not in NOISE:
-        from supernet.errors import ConfigError
-
         raise ConfigError(f"supernet.noise={cfg.supernet.noise!r}; choose one of {', '.join(NOISE)}")
+    if cfg.supernet.width_sampling and dist_info.world_size > 1:
+        raise ConfigError(
+            "supernet.width_sampling=true runs two forward passes per step, which DistributedDataParallel does not "
+            "allow: train it in one process"
+        )
+    if cfg.supernet.width_sampling and cfg.supernet.width_step <= 0:
+        raise ConfigError(f"supernet.width_step={cfg.supernet.width_step}: a positive number of channels")
     out_dir, resume_path = resolve_run_dir(cfg)
     resume_ckpt = None
     if resume_path is not None:  # fail on a bad checkpoint before any data is loaded
@@ -67,8 +73,10 @@ def train_supernet(cfg: TrainSupernetConfig, dist_info: DistInfo | None = None) 
         noise=cfg.supernet.noise,
         hard=cfg.supernet.hard,
         tau=cfg.supernet.tau_start,
+        channel_order="prefix" if cfg.supernet.width_sampling else "importance",
     )
     meta = {
+        "channel_order": model.channel_order,  # how nas.slim extracts a narrower stage from these weights
         "space": dataclasses.asdict(cfg.space),
         "config": dataclasses.asdict(cfg),
         "input_size": cfg.space.input_size,

@@ -30,6 +30,11 @@ class SupernetConfig:
     alpha_lr: float = 3e-3  # Adam, no weight decay, its own parameter group
     alpha_beta1: float = 0.5  # DARTS' Adam betas for alpha: (0.5, 0.999)
     alpha_start_epoch: int = 0  # alpha stays frozen for this many epochs while the weights warm up (FBNet)
+    width_sampling: bool = False  # each step also trains the network narrowed to widths drawn per stage from the
+    # slimmer's grid (multiples of width_step), on the first channels of the full weights: the "sandwich rule" of
+    # once-for-all training without its smallest network. Two forward passes per step. The search then scores a
+    # narrower stage as trained, extracting it by prefix (SuperNet channel_order="prefix"); one process only
+    width_step: int = 16  # the grid of width_sampling; nas.slim's width_step
 
     def tau(self, epoch: int, epochs: int, anchor: tuple[int, float] | None = None) -> float:
         """tau for 0-based `epoch` of `epochs`. `anchor` = (epochs completed, tau of the last of them) when a run
@@ -60,6 +65,15 @@ class SupernetTrainer(Trainer):
 
     def weight_params(self):
         return self.model.weight_parameters()
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, **forward: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full network's loss; with `width_sampling`, plus the loss of the network narrowed to widths drawn
+        for this step (accuracy is reported on the full network)."""
+        loss, logits = super().loss(x, y, **forward)
+        if self.sn_cfg.width_sampling:
+            narrow, _ = super().loss(x, y, widths=self.model.sample_widths(self.sn_cfg.width_step))
+            loss = loss + narrow
+        return loss, logits
 
     def on_epoch_start(self, epoch: int) -> None:
         self.model.tau = self.sn_cfg.tau(epoch, self.cfg.epochs, self._tau_anchor)

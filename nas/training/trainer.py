@@ -352,12 +352,12 @@ class Trainer:
         enabled = enabled and self.autocast is not None
         return torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=enabled)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, logits for train accuracy)."""
+    def loss(self, x: torch.Tensor, y: torch.Tensor, **forward: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits for train accuracy). `forward`: keyword arguments of the model's forward."""
         target = y
         if self.mixup is not None:
             x, target = self.mixup(x, y)
-        out = self.ddp_model(x)
+        out = self.ddp_model(x, **forward)
         if self.teacher is not None:
             cls, dist_logits = out
             with torch.no_grad():
