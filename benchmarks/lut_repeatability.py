@@ -19,8 +19,8 @@ action each, with the independent protocol on (`independent=true`). Reported for
 * the independent protocol (each network alone, back-to-back runs, shuffled blocks): within +-10% with its
   global drift removed, and its distance from the build's protocol against its own spread;
 * the per-row disagreement between a configuration's builds;
-* the same build's table as timed, without reading its passes against the sentinel (`LatencyTable.load(as_timed=
-  True)`, the rows' `raw_ms`), on the same validation measurements: a paired comparison of `measure.normalize`;
+* the same build's table as timed, without reading its passes against the sentinel (`LatencyTable.load(reading=
+  "timed")`, the rows' `raw_ms`), on the same validation measurements: a paired comparison of `measure.normalize`;
 * where the build varied more than `rebuild_above` and was built again, the table set aside, on the same
   validation measurements (a paired comparison of the rebuild).
 
@@ -85,6 +85,7 @@ def build_and_validate(
     cal, raw, now, alone = f["calibrated"], f["raw"], f["recalibrated"], f["alone_drift_removed"]
     row = {"config": config, "build": b + 1, "build_s": round(build_s, 1), "validate_s": round(time.time() - t0, 1)}
     row.update(correction=c.name, cv_error=c.cv_error, host_variation=table.host_variation, drift=f["drift"])
+    row.update(reading=table.reading)  # the reading the table chose (LatencyTable reading="auto")
     row.update(within10_cal=cal["within_10pct"], within10_now=now["within_10pct"], within10_raw=raw["within_10pct"])
     row.update(spearman_cal=cal["spearman"], spearman_now=now["spearman"], worst_cal=cal["worst_abs_pct_err"])
     row.update(worst_now=now["worst_abs_pct_err"], median_abs_err_now=now["median_abs_pct_err"])
@@ -93,7 +94,7 @@ def build_and_validate(
     row.update(sign_agree=f["actions"]["sign_agree"], networks=len(df))
     steady = f.get("steady", {"within_10pct": np.nan, "networks": 0})
     row.update(within10_steady=steady["within_10pct"], steady_networks=steady["networks"], **gate.counts())
-    timed = LatencyTable.load(lut, as_timed=True)
+    timed = LatencyTable.load(lut, reading="timed")
     cal_t, now_t = reread(timed, df)
     row.update(host_variation_timed=table.host_variation_as_timed, within10_cal_timed=cal_t["within_10pct"])
     row.update(within10_now_timed=now_t["within_10pct"], spearman_cal_timed=cal_t["spearman"])

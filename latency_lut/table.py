@@ -41,7 +41,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from latency_lut.correction import GROUP_NAMES, GROUPS, Correction, fit_correction, host_variation
+from latency_lut.correction import (
+    GROUP_NAMES,
+    GROUPS,
+    Correction,
+    better,
+    fit_correction,
+    host_variation,
+    loo_errors,
+)
 from supernet.arch import ArchSpec, StageSpec
 from supernet.errors import UserError
 from supernet.model import Layer, layer_plan
@@ -56,6 +64,7 @@ OPTIONAL_COLUMNS = ["fingerprint", "arch", "raw_ms", "weights"]  # absent in tab
 # raw_ms: the row as timed, before its passes were read against the sentinel (measure.normalize); = ms when not
 # weights: the floats the row's deployed (fused) module reads per inference: weights, biases, cached attention biases
 CALL_KEY = ("call", 0, 0, 0)
+READINGS = ("auto", "sentinel", "timed")  # LatencyTable(reading=): which reading of the build's passes it predicts from
 UNSTEADY = 0.03  # a build whose machine speed varied more than this (host_variation) warns that figures are loose
 
 Key = tuple[str, int, int, int]
@@ -138,13 +147,32 @@ def file_hash(path: str | Path) -> str:
 class LatencyTable:
     """A loaded, validated LUT. `predict`, `raw` and `missing` never build a model or measure anything."""
 
-    def __init__(self, df: pd.DataFrame, source: str = "<memory>", sha: str = "", as_timed: bool = False):
-        """`as_timed=True`: the table the same measurements give without reading them against the sentinel (its
-        `raw_ms`), to compare the two side by side."""
+    def __init__(self, df: pd.DataFrame, source: str = "<memory>", sha: str = "", reading: str = "auto"):
+        """`reading`: which of the build's two readings of its passes the table predicts from. "sentinel": each pass
+        read against the sentinel (`ms`); "timed": as timed (`raw_ms`); "auto", the default: the sentinel's,
+        unless the rows as timed explain the calibration networks better by the rule that chooses a correction
+        (`correction.better` on the two readings' leave-one-out errors, their corrections each chosen as usual).
+        The sentinel can scatter too, and dividing by it then moves the rows (benchmarks/README.md section 3)."""
+        if reading not in READINGS:
+            raise ValueError(f"reading must be one of {READINGS}, got {reading!r}")
         self.df, self.source, self.sha = validate_frame(df, source), source, sha
         self.host_variation_as_timed = self._host_variation("raw_ms")
-        if as_timed:
-            self.df["ms"] = self.df["raw_ms"]
+        self.reading_errors: tuple[float, float] | None = None  # auto: (sentinel's, as timed's) leave-one-out error
+        self._read("timed" if reading == "timed" else "sentinel")
+        if reading == "auto" and self.calibration is not None and not np.allclose(self.df["raw_ms"], self.df["ms"]):
+            sentinel = self._loo_errors()
+            self._read("timed")
+            timed = self._loo_errors() if self.calibration is not None else None
+            if timed is not None:
+                self.reading_errors = (float(sentinel.mean()), float(timed.mean()))
+            if timed is None or not better(timed, sentinel):
+                self._read("sentinel")
+
+    def _read(self, reading: str) -> None:
+        """Index the rows of `reading` ("sentinel": the `ms` column; "timed": `raw_ms`) and fit the correction.
+        `df` stays as stored: a table written back (a resumed build, `recalibrate`) keeps both readings."""
+        self.reading = reading
+        self.column = "raw_ms" if reading == "timed" else "ms"  # the column the table predicts from
         layers = self.df[self.df["kind"].isin(LAYER_KINDS + ("call",))]
         self._ms: dict[Key, float] = {}
         self._spread: dict[Key, float] = {}  # p75 - p25 of the row's samples
@@ -152,7 +180,7 @@ class LatencyTable:
         self._weights: dict[Key, float] | None = {} if layers["weights"].notna().all() else None  # older: none
         for r in layers.itertuples():
             key = (r.kind, int(r.stage), int(r.in_width), int(r.width))
-            self._ms[key], self._spread[key] = float(r.ms), float(r.p75_ms - r.p25_ms)
+            self._ms[key], self._spread[key] = float(getattr(r, self.column)), float(r.p75_ms - r.p25_ms)
             self._runs[key] = max(int(r.runs), 1)
             if self._weights is not None:
                 self._weights[key] = float(r.weights)
@@ -161,18 +189,31 @@ class LatencyTable:
             c: (first[c].item() if hasattr(first[c], "item") else first[c]) for c in META_COLUMNS
         }
         fp = first["fingerprint"] if "fingerprint" in self.df.columns else None
-        self.fingerprint: dict[str, str] | None = decode_fingerprint(fp, source) if isinstance(fp, str) and fp else None
+        readable = isinstance(fp, str) and fp
+        self.fingerprint: dict[str, str] | None = decode_fingerprint(fp, self.source) if readable else None
         self.calibration: Correction | None = None
-        self.host_variation = self._host_variation("ms")
+        self.host_variation = self._host_variation(self.column)
+        inputs = self._calibration_inputs()
+        if inputs is not None:
+            self.calibration = fit_correction(inputs[0], self.call_ms, inputs[1], weights=inputs[2])
+
+    def _calibration_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        """(raw row sums per group, measured ms, weights or None) of the calibration networks; None with fewer than
+        three, or in a partial build that lacks rows they need."""
         nets = self.networks()
-        if len(nets) >= 3 and not any(self.missing(spec) for spec, _ in nets):  # (a partial build: not yet)
-            sums = [self.sums(spec) for spec, _ in nets]
-            parts = np.array([p for p, _ in sums])
-            weights = None if self._weights is None else np.array([w for _, w in sums])
-            self.calibration = fit_correction(parts, self.call_ms, np.array([ms for _, ms in nets]), weights=weights)
+        if len(nets) < 3 or any(self.missing(spec) for spec, _ in nets):
+            return None
+        sums = [self.sums(spec) for spec, _ in nets]
+        weights = None if self._weights is None else np.array([w for _, w in sums])
+        return np.array([p for p, _ in sums]), np.array([ms for _, ms in nets]), weights
+
+    def _loo_errors(self) -> np.ndarray:
+        """Each calibration network's leave-one-out error under the chosen correction."""
+        parts, measured, weights = self._calibration_inputs()
+        return loo_errors(self.calibration.name, parts, self.call_ms, measured, weights)
 
     @classmethod
-    def load(cls, path: str | Path, as_timed: bool = False) -> LatencyTable:
+    def load(cls, path: str | Path, reading: str = "auto") -> LatencyTable:
         path = Path(path)
         if not path.is_file():
             raise LUTError(f"latency table not found: {path}")
@@ -180,7 +221,7 @@ class LatencyTable:
             df = pd.read_csv(path, keep_default_na=False, na_values=[""])
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise LUTError(f"{path}: not a readable CSV ({' '.join(str(e).split())[:120]})") from None
-        return cls(df, str(path), file_hash(path), as_timed)
+        return cls(df, str(path), file_hash(path), reading)
 
     @property
     def input_size(self) -> int:
@@ -241,7 +282,7 @@ class LatencyTable:
                 spec = decode_stages(visits["arch"].iloc[0], base)
             except (ValueError, UserError) as e:
                 raise LUTError(f"{self.source}: a calibration network's arch is unreadable ({e})") from None
-            out.append((spec, float(np.median(visits["ms"]))))
+            out.append((spec, float(np.median(visits[self.column]))))
         return out
 
     def missing(self, spec: ArchSpec) -> list[Row]:
@@ -371,6 +412,12 @@ class LatencyTable:
     def describe(self) -> str:
         m = self.meta
         cal = f"calibrated: {self.calibration.describe()}" if self.calibration else "uncalibrated"
+        if self.reading == "timed" and self.reading_errors is not None:
+            s, t = self.reading_errors
+            cal += (
+                f"; rows as timed, not read against the sentinel (they explain the calibration networks better: "
+                f"leave-one-out error {t * 100:.1f}% against {s * 100:.1f}%)"
+            )
         return (
             f"{m['backend']} on {m['device']}, {m['threads']} thread(s), batch {m['batch']}, {m['input_size']} px, "
             f"{cal}"

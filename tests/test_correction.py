@@ -392,7 +392,34 @@ def test_a_table_read_against_the_sentinel_states_both_variations():
     line = both.steadiness()
     assert "varied by 9.5% during the build as timed, 0.5% once read against the sentinel" in line
     assert not line.startswith("warning")
-    timed = LatencyTable(df, as_timed=True)
+    timed = LatencyTable(df, reading="timed")
     assert timed.networks()[0][1] == pytest.approx(both.df.loc[nets, "raw_ms"].iloc[:3].median())
     old = LatencyTable(table.df.drop(columns="raw_ms"))
     assert (old.df["raw_ms"] == old.df["ms"]).all() and "as timed" not in old.steadiness()
+
+
+def test_a_table_predicts_from_the_reading_that_explains_its_calibration_networks():
+    """`reading="auto"` keeps the rows read against the sentinel unless the rows as timed explain the calibration
+    networks better by the correction-choice rule. Oracle: the fake table whose networks measure exactly
+    0.05 * raw ** 1.5 of its rows; a copy of each row scattered by +-20% stands in for a scattered reading."""
+    table, specs = power_table()
+    df = table.df.copy()
+    layers = df["kind"].isin(["stem", "embed", "mb4d", "mb3d", "flat", "unflat", "head"])
+    scatter = np.where(np.arange(len(df)) % 2 == 0, 1.2, 0.8)
+    truth = df["ms"].copy()
+    df.loc[layers, "ms"] = truth[layers] * scatter[layers]  # the sentinel's reading scattered the rows
+    picked = LatencyTable(df)
+    assert picked.reading == "timed" and picked.column == "raw_ms"
+    s, t = picked.reading_errors
+    assert t < 0.01 < s and "rows as timed" in picked.describe()
+    for spec in specs:
+        assert picked.predict(spec) == pytest.approx(table.predict(spec), rel=0.01)
+    assert (picked.df["ms"] == df["ms"]).all()  # the stored readings stay as they were: a write-back keeps both
+    forced = LatencyTable(df, reading="sentinel")
+    assert forced.reading == "sentinel" and forced.calibration.cv_error > 0.02
+    swapped = df.assign(ms=df["raw_ms"], raw_ms=df["ms"])  # now the timed reading is the scattered one
+    assert LatencyTable(swapped).reading == "sentinel"
+    close = df.assign(ms=truth * np.where(layers, 1.001, 1.0))  # both explain the networks: the sentinel's stays
+    assert LatencyTable(close).reading == "sentinel"
+    with pytest.raises(ValueError, match="reading"):
+        LatencyTable(df, reading="both")

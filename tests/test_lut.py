@@ -210,7 +210,7 @@ def test_validate_lut_end_to_end(tmp_path):
     specs = [decode_stages(a, base) for a in df["arch"]]
     # predictions are the table's own: calibrated raw sums, the raw sum a hand sum over the spec's rows
     by_hand = [
-        sum(table.df.set_index(["kind", "stage", "in_width", "width"]).loc[r.key, "ms"] for r in spec_rows(s))
+        sum(table.df.set_index(["kind", "stage", "in_width", "width"]).loc[r.key, table.column] for r in spec_rows(s))
         for s in specs
     ]
     assert np.allclose(df["raw_ms"], np.array(by_hand) + table.call_ms)
