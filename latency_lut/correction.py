@@ -69,6 +69,7 @@ class Correction:
     cv_p90: float  # ... and its 90th percentile: the calibration part of `predict_interval`
     scale: float  # the median measured / raw over its networks: turns a raw difference into a predicted one
     candidates: tuple[tuple[str, float], ...] = ()  # every model tried, with its cross-validated error
+    errors: tuple[float, ...] = ()  # the chosen model's leave-one-out error per network (cv_error is their mean)
 
     def __call__(self, parts: np.ndarray, weights: np.ndarray | float | None = None) -> np.ndarray | float:
         """Predicted ms from row-group sums (shape (..., 4), in GROUP_NAMES order, the call not included) and, for
@@ -206,6 +207,7 @@ def fit_correction(
         float(np.percentile(err, 90)),
         float(np.median(measured / raw)),
         tuple((m, float(e.mean())) for m, e in errors.items()),
+        tuple(float(e) for e in errors.get(chosen, ())),
     )
 
 

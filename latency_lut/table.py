@@ -48,7 +48,6 @@ from latency_lut.correction import (
     better,
     fit_correction,
     host_variation,
-    loo_errors,
 )
 from supernet.arch import ArchSpec, StageSpec
 from supernet.errors import UserError
@@ -158,15 +157,17 @@ class LatencyTable:
         self.df, self.source, self.sha = validate_frame(df, source), source, sha
         self.host_variation_as_timed = self._host_variation("raw_ms")
         self.reading_errors: tuple[float, float] | None = None  # auto: (sentinel's, as timed's) leave-one-out error
-        self._read("timed" if reading == "timed" else "sentinel")
-        if reading == "auto" and self.calibration is not None and not np.allclose(self.df["raw_ms"], self.df["ms"]):
-            sentinel = self._loo_errors()
-            self._read("timed")
-            timed = self._loo_errors() if self.calibration is not None else None
-            if timed is not None:
-                self.reading_errors = (float(sentinel.mean()), float(timed.mean()))
-            if timed is None or not better(timed, sentinel):
-                self._read("sentinel")
+        if reading == "auto" and not np.allclose(self.df["raw_ms"], self.df["ms"]):
+            self._read("timed")  # first, so that the usual outcome (the sentinel's) is read last and kept
+            timed = self.calibration
+            self._read("sentinel")
+            sentinel = self.calibration
+            if timed is not None and sentinel is not None and len(sentinel.errors) > 1:
+                self.reading_errors = (sentinel.cv_error, timed.cv_error)
+                if better(np.array(timed.errors), np.array(sentinel.errors)):
+                    self._read("timed")
+        else:
+            self._read("timed" if reading == "timed" else "sentinel")
 
     def _read(self, reading: str) -> None:
         """Index the rows of `reading` ("sentinel": the `ms` column; "timed": `raw_ms`) and fit the correction.
@@ -206,11 +207,6 @@ class LatencyTable:
         sums = [self.sums(spec) for spec, _ in nets]
         weights = None if self._weights is None else np.array([w for _, w in sums])
         return np.array([p for p, _ in sums]), np.array([ms for _, ms in nets]), weights
-
-    def _loo_errors(self) -> np.ndarray:
-        """Each calibration network's leave-one-out error under the chosen correction."""
-        parts, measured, weights = self._calibration_inputs()
-        return loo_errors(self.calibration.name, parts, self.call_ms, measured, weights)
 
     @classmethod
     def load(cls, path: str | Path, reading: str = "auto") -> LatencyTable:
