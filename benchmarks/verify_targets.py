@@ -13,6 +13,10 @@ benchmarks/results/verify_targets).
 
     python benchmarks/verify_targets.py --supernet SN --lut ORT_LUT --remote --out benchmarks/results/remote_verify
 
+`--ablate swap` adds one more `--verify` run per named `Rules` switch, with that switch off (e.g. "verify -swap":
+the refill without block exchanges), slimmed on the same LUT and re-measured in the same interleaved groups as
+the others, so the switch's effect on the share is read side by side.
+
 `--remote` replaces `--verify` by the remote round trip (nas/search/remote.py) for a LUT of a backend that can be
 bundled (onnxruntime): `nas.slim bundle=DIR` writes the candidate states, the bundle's own `measure.py` times them
 (run here, in its folder, as on a device), and `nas.slim from_timings=DIR` emits each target's state. The report
@@ -27,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +46,7 @@ from latency_lut.table import LatencyTable  # noqa: E402
 from nas.config import compose  # noqa: E402
 from nas.slim import SlimConfig  # noqa: E402
 from nas.slim import run as slim  # noqa: E402
+from nas.search.slimmer import METHODS  # noqa: E402
 from supernet.arch import ArchSpec  # noqa: E402
 from supernet.files import atomic_write_text  # noqa: E402
 
@@ -63,8 +69,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--low", type=float, default=0.35, help="lowest target as a fraction of the start latency")
     p.add_argument("--passes", type=int, default=2)
     p.add_argument("--remote", action="store_true", help="the remote round trip (bundle=, measure.py, from_timings=)")
+    p.add_argument("--ablate", nargs="*", default=[], help="Rules switches (e.g. swap), each off in one more run")
     p.add_argument("--out", default=str(RESULTS / "verify_targets"), help="output prefix (OUT.txt, OUT.csv)")
-    return p.parse_args()
+    a = p.parse_args()
+    for name in a.ablate:
+        if not isinstance(getattr(METHODS["default"], name, None), bool):
+            p.error(f"--ablate {name}: not an on/off rule of nas.search.slimmer.Rules")
+    return a
 
 
 def slim_both_ways(a: argparse.Namespace) -> tuple[list[float], dict[str, list[tuple[ArchSpec, dict]]]]:
@@ -87,6 +98,10 @@ def slim_both_ways(a: argparse.Namespace) -> tuple[list[float], dict[str, list[t
             runs["plain"] = emitted(slim(compose("slim", over, SlimConfig)), targets)
             over = [*inputs, f"out={work}/verify", f"target_ms={targets}", "verify=true"]
             runs["verify"] = emitted(slim(compose("slim", over, SlimConfig)), targets)
+            for name in a.ablate:  # the default rules with one switch off, registered for nas.slim's method=
+                METHODS[f"default-{name}"] = replace(METHODS["default"], **{name: False})
+                over = [*inputs, f"out={work}/no-{name}", f"target_ms={targets}", "verify=true", f"method=default-{name}"]
+                runs[f"verify -{name}"] = emitted(slim(compose("slim", over, SlimConfig)), targets)
     return targets, runs
 
 
@@ -109,22 +124,29 @@ def result_frame(targets: list[float], runs: dict, passes: list[list[dict]]) -> 
             row["measured_by_verify_ms"] = meta["measured_ms"]
             row.update({f"remeasured_{q + 1}_ms": p[k]["ms"] for q, p in enumerate(passes)})
             row.update({f"drift_removed_{q + 1}_ms": p[k]["ms"] / p[k]["drift"] for q, p in enumerate(passes)})
+            row["refill"] = "; ".join(meta.get("refill", []))
             rows.append({**row, "step": meta["slimming_step"], "arch": spec.describe()})
     return pd.DataFrame(rows)
 
 
 def report(df: pd.DataFrame, header: str, runs: list[str]) -> str:
     re_cols = [c for c in df.columns if c.startswith("remeasured_")]
-    lines = [header, f"{'target':>8} {'run':<7}{'predicted':>10}{'verify':>9}"]
+    lines = [header, f"{'target':>8} {'run':<13}{'predicted':>10}{'verify':>9}"]
     lines[-1] += "".join(f"{'re' + str(q + 1):>9}" for q in range(len(re_cols))) + "  step  architecture"
     for r in df.itertuples():
         verified = r.measured_by_verify_ms is not None and not pd.isna(r.measured_by_verify_ms)
         v = f"{r.measured_by_verify_ms:>9.3f}" if verified else f"{'-':>9}"
         res = "".join(f"{getattr(r, c):>9.3f}" for c in re_cols)
-        lines.append(f"{r.target_ms:>8.3f} {r.run:<7}{r.predicted_ms:>10.3f}{v}{res}  {r.step:>4}  {r.arch}")
+        lines.append(f"{r.target_ms:>8.3f} {r.run:<13}{r.predicted_ms:>10.3f}{v}{res}  {r.step:>4}  {r.arch}")
     dr_cols = [c for c in df.columns if c.startswith("drift_removed_")]
     for name in runs:
         sub = df[df["run"] == name]
+        kinds = pd.Series([m.split()[0] for moves in sub["refill"] for m in moves.split("; ") if m]).value_counts()
+        lines.append(
+            f"{name}: refill moves in the emitted states: "
+            + (", ".join(f"{k} {v}" for k, v in kinds.items()) or "none")
+            + f" ({(sub['refill'] != '').sum()} of {len(sub)} targets refilled)"
+        )
         own = sub["measured_by_verify_ms"].dropna()
         if len(own):
             target = sub.loc[own.index, "target_ms"]

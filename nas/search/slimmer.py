@@ -32,7 +32,8 @@ serves every larger target. Two rule sets (`METHODS`):
   best ratio, which overshoots), and with `lookahead` the best-ratio candidates that fall short of it are each
   taken one step further, so that two cheap steps can win over one expensive finish; and `refill` spends the
   latency left under each target back by restoring MetaPaths or widening stages while the state stays under the
-  target and the loss falls.
+  target and the loss falls; a block too costly to restore is also tried with a stage narrowed (`trade`) or with
+  another MetaPath dropped (`swap`), finer moves than a whole block.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Rules:
     reach_best: bool = True  # among candidates reaching the next target, take the lowest loss
     refill: bool = True  # give leftover latency under each target back (restore MetaPaths, widen stages)
     trade: bool = True  # refill also tries a restore that does not fit with one stage narrowed by the width step
+    swap: bool = True  # refill also tries a restore that does not fit with another MetaPath dropped
     importance: str = "alpha"  # alpha: rank by the supernet's log-odds | measured: by measured loss rise per ms
     lookahead: int = 0  # with reach_best: best-ratio candidates short of the target also tried one step further
 
@@ -69,7 +71,7 @@ METHODS = {
 
 @dataclass(frozen=True)
 class Candidate:
-    action: str  # drop_path | remove_mb3d | narrow_stage | restore_path | widen_stage
+    action: str  # drop_path | remove_mb3d | narrow_stage | restore_path | widen_stage | restore_narrow | restore_drop
     where: str  # e.g. "stage3.path2" or "stage2: 64->48"
     state: SlimState
     index: tuple[int, ...] = ()  # (stage, position) of a MetaPath, (stage,) of a stage
@@ -161,7 +163,7 @@ def grow_candidates(
                             -path_scores[i][j],
                             i,
                             j,
-                            Candidate("restore_path", f"stage{i + 1}.path{j + 1}", replace(state, choices=new)),
+                            Candidate("restore_path", f"stage{i + 1}.path{j + 1}", replace(state, choices=new), (i, j)),
                         )
                     )
     stages = []
@@ -186,6 +188,24 @@ def trade_candidates(restores: Sequence[Candidate], stage_scores: Sequence[float
         Candidate("restore_narrow", f"{r.where} + {n.where}", n.state)
         for r in restores
         for n in narrow_stage_candidates(r.state, stage_scores, step)
+    ]
+
+
+def swap_candidates(restores: Sequence[Candidate], path_scores: Sequence[Sequence[float]]) -> list[Candidate]:
+    """Restores that do not fit under the target, each with another MetaPath dropped (least important first): a
+    block-for-block exchange, whose latency moves by the difference of two blocks' costs, so it is finer than a
+    restore where blocks of different stages cost different amounts, and it keeps full widths.
+
+    >>> restored = SlimState((("4d", "4d"), ("4d",), ("3d",), ()), (32, 32, 16, 16))
+    >>> [c.where for c in swap_candidates([Candidate("restore_path", "stage1.path2", restored, (0, 1))],
+    ...                                   [[5.0, 1.0], [9.0], [7.0], []])]
+    ['stage1.path2 - stage1.path1', 'stage1.path2 - stage3.path1', 'stage1.path2 - stage2.path1']
+    """
+    return [
+        Candidate("restore_drop", f"{r.where} - {d.where}", d.state)
+        for r in restores
+        for d in drop_path_candidates(r.state, path_scores)
+        if d.index != r.index
     ]
 
 
@@ -332,9 +352,10 @@ class Slimmer:
 
     def refill(self, step: Step, target_ms: float, start: SlimState) -> list[Step]:
         """Spend the latency left under `target_ms` back: score the `per_action` most important restorable
-        MetaPaths and widenable stages (`grow_candidates`) that keep the state at or below the target, and with
-        `trade` as many restores that do not fit, each with a stage narrowed (`trade_candidates`); take the
-        lowest loss if it beats the current one, repeat. The steps taken, in order (none if nothing helped, or if
+        MetaPaths and widenable stages (`grow_candidates`) that keep the state at or below the target, with
+        `trade` as many restores that do not fit, each with a stage narrowed (`trade_candidates`), and with `swap`
+        as many, each with another MetaPath dropped (`swap_candidates`); take the lowest loss if it beats the
+        current one, repeat. The steps taken, in order (none if nothing helped, or if
         the rules have no refill)."""
         out, cur = [], step
         if not self.rules.refill:
@@ -345,6 +366,8 @@ class Slimmer:
             fits, over = self._fitting(grow, target_ms, kinds)
             if self.rules.trade:
                 fits += self._fitting(trade_candidates(over, self.stage_scores, self.width_step), target_ms, kinds)[0]
+            if self.rules.swap:
+                fits += self._fitting(swap_candidates(over, self.path_scores), target_ms, kinds)[0]
             if not fits:
                 return out
             s, neg_lat, cand = min(((self.score(c.state), -lat, c) for c, lat in fits), key=lambda x: (x[0].loss, x[1]))
