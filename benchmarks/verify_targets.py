@@ -13,9 +13,10 @@ benchmarks/results/verify_targets).
 
     python benchmarks/verify_targets.py --supernet SN --lut ORT_LUT --remote --out benchmarks/results/remote_verify
 
-`--ablate swap` adds one more `--verify` run per named `Rules` switch, with that switch off (e.g. "verify -swap":
-the refill without block exchanges), slimmed on the same LUT and re-measured in the same interleaved groups as
-the others, so the switch's effect on the share is read side by side.
+`--ablate swap` adds one more `--verify` run per named on/off `Rules` switch, with that switch flipped from the
+default (e.g. "verify +swap": the refill with block exchanges, off by default; "verify -trade": without trades),
+slimmed on the same LUT and re-measured in the same interleaved groups as the others, so the switch's effect on
+the share is read side by side.
 
 `--remote` replaces `--verify` by the remote round trip (nas/search/remote.py) for a LUT of a backend that can be
 bundled (onnxruntime): `nas.slim bundle=DIR` writes the candidate states, the bundle's own `measure.py` times them
@@ -44,9 +45,9 @@ from latency_lut.backends import make_backend  # noqa: E402
 from latency_lut.measure import MeasureConfig, measure_networks  # noqa: E402
 from latency_lut.table import LatencyTable  # noqa: E402
 from nas.config import compose  # noqa: E402
+from nas.search.slimmer import METHODS  # noqa: E402
 from nas.slim import SlimConfig  # noqa: E402
 from nas.slim import run as slim  # noqa: E402
-from nas.search.slimmer import METHODS  # noqa: E402
 from supernet.arch import ArchSpec  # noqa: E402
 from supernet.files import atomic_write_text  # noqa: E402
 
@@ -69,7 +70,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--low", type=float, default=0.35, help="lowest target as a fraction of the start latency")
     p.add_argument("--passes", type=int, default=2)
     p.add_argument("--remote", action="store_true", help="the remote round trip (bundle=, measure.py, from_timings=)")
-    p.add_argument("--ablate", nargs="*", default=[], help="Rules switches (e.g. swap), each off in one more run")
+    p.add_argument("--ablate", nargs="*", default=[], help="Rules switches (e.g. swap), each flipped in one more run")
     p.add_argument("--out", default=str(RESULTS / "verify_targets"), help="output prefix (OUT.txt, OUT.csv)")
     a = p.parse_args()
     for name in a.ablate:
@@ -98,10 +99,12 @@ def slim_both_ways(a: argparse.Namespace) -> tuple[list[float], dict[str, list[t
             runs["plain"] = emitted(slim(compose("slim", over, SlimConfig)), targets)
             over = [*inputs, f"out={work}/verify", f"target_ms={targets}", "verify=true"]
             runs["verify"] = emitted(slim(compose("slim", over, SlimConfig)), targets)
-            for name in a.ablate:  # the default rules with one switch off, registered for nas.slim's method=
-                METHODS[f"default-{name}"] = replace(METHODS["default"], **{name: False})
-                over = [*inputs, f"out={work}/no-{name}", f"target_ms={targets}", "verify=true", f"method=default-{name}"]
-                runs[f"verify -{name}"] = emitted(slim(compose("slim", over, SlimConfig)), targets)
+            for name in a.ablate:  # the default rules with one switch flipped, registered for nas.slim's method=
+                on = not getattr(METHODS["default"], name)
+                method = f"default-{'with' if on else 'no'}-{name}"
+                METHODS[method] = replace(METHODS["default"], **{name: on})
+                over = [*inputs, f"out={work}/{method}", f"target_ms={targets}", "verify=true", f"method={method}"]
+                runs[f"verify {'+' if on else '-'}{name}"] = emitted(slim(compose("slim", over, SlimConfig)), targets)
     return targets, runs
 
 

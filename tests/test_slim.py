@@ -295,9 +295,10 @@ def test_refill_trades_a_stage_width_for_a_block_that_does_not_fit_alone():
 
 
 def test_refill_swaps_a_block_for_a_cheaper_one_when_no_restore_fits():
-    """Blocks of different stages cost different amounts: restoring stage 2's block (1.5 ms) does not fit in the
-    0.6 ms left, and no stage can be narrowed or widened, but restoring it while dropping one of stage 1's blocks
-    (1.0 ms each) costs 0.5 ms net and lowers the loss, so the refill takes that exchange. Hand-computed losses."""
+    """`Rules.swap` (off by default). Blocks of different stages cost different amounts: restoring stage 2's block
+    (1.5 ms) does not fit in the 0.6 ms left, and no stage can be narrowed or widened, but restoring it while dropping
+    one of stage 1's blocks (1.0 ms each) costs 0.5 ms net and lowers the loss, so the refill takes that exchange.
+    Hand-computed losses."""
     start = SlimState((("4d", "4d"), ("4d",), (), ()), (16, 16, 16, 16))
 
     def latency(s):
@@ -309,12 +310,12 @@ def test_refill_swaps_a_block_for_a_cheaper_one_when_no_restore_fits():
     args = (latency, evaluate, [[1.0, 2.0], [3.0], [], []], [1.0, 3.0, 0.0, 0.0])
     now = SlimState((("4d", "4d"), ("id",), (), ()), (16, 16, 16, 16))  # 2.0 ms, loss 0.96
     low = Step(3, "drop_path", "", latency(now), evaluate(now).loss, 0.9, 0.0, now, 0)
-    moves = Slimmer(*args, METHODS["default"]).refill(low, 2.6, start)
+    moves = Slimmer(*args, replace(METHODS["default"], swap=True)).refill(low, 2.6, start)
     # stage1.path1 is the least important (1.0), so it is the one dropped: 2.5 ms, loss 1 - 0.02 - 0.1 = 0.88
     assert [(m.action, m.where) for m in moves] == [("restore_drop", "stage2.path1 - stage1.path1")]
     assert moves[0].state.choices == (("id", "4d"), ("4d",), (), ())
     assert moves[0].latency_ms == pytest.approx(2.5) and moves[0].val_loss == pytest.approx(0.88)
-    assert Slimmer(*args, replace(METHODS["default"], swap=False)).refill(low, 2.6, start) == []
+    assert Slimmer(*args, METHODS["default"]).refill(low, 2.6, start) == []  # off by default
 
 
 def test_default_scores_k_candidates_per_action():

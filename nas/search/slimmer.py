@@ -32,8 +32,9 @@ serves every larger target. Two rule sets (`METHODS`):
   best ratio, which overshoots), and with `lookahead` the best-ratio candidates that fall short of it are each
   taken one step further, so that two cheap steps can win over one expensive finish; and `refill` spends the
   latency left under each target back by restoring MetaPaths or widening stages while the state stays under the
-  target and the loss falls; a block too costly to restore is also tried with a stage narrowed (`trade`) or with
-  another MetaPath dropped (`swap`), finer moves than a whole block.
+  target and the loss falls; a block too costly to restore is also tried with a stage narrowed (`trade`), a finer
+  move than a whole block. (`swap`, off by default, also tries it with another MetaPath dropped; it did not raise
+  the share of the target `--verify` used: benchmarks/README.md section 6.)
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Rules:
     reach_best: bool = True  # among candidates reaching the next target, take the lowest loss
     refill: bool = True  # give leftover latency under each target back (restore MetaPaths, widen stages)
     trade: bool = True  # refill also tries a restore that does not fit with one stage narrowed by the width step
-    swap: bool = True  # refill also tries a restore that does not fit with another MetaPath dropped
+    swap: bool = False  # refill also tries a restore that does not fit with another MetaPath dropped (measured: off)
     importance: str = "alpha"  # alpha: rank by the supernet's log-odds | measured: by measured loss rise per ms
     lookahead: int = 0  # with reach_best: best-ratio candidates short of the target also tried one step further
 
