@@ -356,8 +356,7 @@ class Slimmer:
         MetaPaths and widenable stages (`grow_candidates`) that keep the state at or below the target, with
         `trade` as many restores that do not fit, each with a stage narrowed (`trade_candidates`), and with `swap`
         as many, each with another MetaPath dropped (`swap_candidates`); take the lowest loss if it beats the
-        current one, repeat. The steps taken, in order (none if nothing helped, or if
-        the rules have no refill)."""
+        current one, repeat. The steps taken, in order (none if nothing helped, or if the rules have no refill)."""
         out, cur = [], step
         if not self.rules.refill:
             return out
