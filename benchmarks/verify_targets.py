@@ -14,9 +14,9 @@ benchmarks/results/verify_targets).
     python benchmarks/verify_targets.py --supernet SN --lut ORT_LUT --remote --out benchmarks/results/remote_verify
 
 `--ablate swap` adds one more `--verify` run per named on/off `Rules` switch, with that switch flipped from the
-default (e.g. "verify +swap": the refill with block exchanges, off by default; "verify -trade": without trades),
-slimmed on the same LUT and re-measured in the same interleaved groups as the others, so the switch's effect on
-the share is read side by side.
+default (e.g. "verify +swap": the refill with block exchanges, off by default; "verify -retype": without block
+types changed), slimmed on the same LUT and re-measured in the same interleaved groups as the others, so the
+switch's effect on the share is read side by side.
 
 `--remote` replaces `--verify` by the remote round trip (nas/search/remote.py) for a LUT of a backend that can be
 bundled (onnxruntime): `nas.slim bundle=DIR` writes the candidate states, the bundle's own `measure.py` times them
@@ -128,6 +128,7 @@ def result_frame(targets: list[float], runs: dict, passes: list[list[dict]]) -> 
             row.update({f"remeasured_{q + 1}_ms": p[k]["ms"] for q, p in enumerate(passes)})
             row.update({f"drift_removed_{q + 1}_ms": p[k]["ms"] / p[k]["drift"] for q, p in enumerate(passes)})
             row["refill"] = "; ".join(meta.get("refill", []))
+            row["val_loss"] = meta["val_loss"]  # the supernet's, on the search's images: the same for every run
             rows.append({**row, "step": meta["slimming_step"], "arch": spec.describe()})
     return pd.DataFrame(rows)
 
@@ -148,7 +149,9 @@ def report(df: pd.DataFrame, header: str, runs: list[str]) -> str:
         lines.append(
             f"{name}: refill moves in the emitted states: "
             + (", ".join(f"{k} {v}" for k, v in kinds.items()) or "none")
-            + f" ({(sub['refill'] != '').sum()} of {len(sub)} targets refilled)"
+            + f" ({(sub['refill'] != '').sum()} of {len(sub)} targets refilled); predicted share of the target: "
+            f"median {np.median(sub['predicted_ms'] / sub['target_ms']) * 100:.1f}%; supernet loss of the emitted "
+            f"states: median {sub['val_loss'].median():.4f}"
         )
         own = sub["measured_by_verify_ms"].dropna()
         if len(own):

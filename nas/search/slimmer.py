@@ -33,8 +33,9 @@ serves every larger target. Two rule sets (`METHODS`):
   taken one step further, so that two cheap steps can win over one expensive finish; and `refill` spends the
   latency left under each target back by restoring MetaPaths or widening stages while the state stays under the
   target and the loss falls; a block too costly to restore is also tried with a stage narrowed (`trade`), a finer
-  move than a whole block. (`swap`, off by default, also tries it with another MetaPath dropped; it did not raise
-  the share of the target `--verify` used: benchmarks/README.md section 6.)
+  move than a whole block, and (`retype`) a MetaPath is set to another block of its stage (MB4D <-> MB3D), which
+  moves latency by the difference of two blocks' costs. (`swap`, off by default, also tries a restore with another
+  MetaPath dropped; it did not raise the share of the target `--verify` used: benchmarks/README.md section 6.)
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Rules:
     refill: bool = True  # give leftover latency under each target back (restore MetaPaths, widen stages)
     trade: bool = True  # refill also tries a restore that does not fit with one stage narrowed by the width step
     swap: bool = False  # refill also tries a restore that does not fit with another MetaPath dropped (measured: off)
+    retype: bool = True  # refill also sets a MetaPath to another block of its stage (MB4D <-> MB3D; restores as either)
     importance: str = "alpha"  # alpha: rank by the supernet's log-odds | measured: by measured loss rise per ms
     lookahead: int = 0  # with reach_best: best-ratio candidates short of the target also tried one step further
 
@@ -72,7 +74,8 @@ METHODS = {
 
 @dataclass(frozen=True)
 class Candidate:
-    action: str  # drop_path | remove_mb3d | narrow_stage | restore_path | widen_stage | restore_narrow | restore_drop
+    # drop_path | remove_mb3d | narrow_stage | restore_path | widen_stage | restore_narrow | restore_drop | retype
+    action: str
     where: str  # e.g. "stage3.path2" or "stage2: 64->48"
     state: SlimState
     index: tuple[int, ...] = ()  # (stage, position) of a MetaPath, (stage,) of a stage
@@ -175,6 +178,40 @@ def grow_candidates(
     return [p[-1] for p in sorted(paths, key=lambda p: p[:3])] + [s[-1] for s in sorted(stages, key=lambda s: s[:2])]
 
 
+def retype_candidates(
+    state: SlimState, start: SlimState, path_scores: Sequence[Sequence[float]], stage_choices: Sequence[Sequence[str]]
+) -> list[Candidate]:
+    """Every MetaPath set to another block its stage allows, most important first: an active one to the other
+    block type ("stage4.path1: 3d->4d"), and one that `start` had and that is now Identity restored as a block
+    other than `start`'s ("stage3.path2: id->4d"; `grow_candidates` restores it as `start`'s). MB3D stays a suffix
+    of each stage. MB4D and MB3D cost different amounts, so this moves latency by less than a block, at full widths.
+
+    >>> start, allowed = SlimState((("4d",), ("3d", "3d")), (16, 32)), [("4d", "id"), ("4d", "3d", "id")]
+    >>> def where(blocks):
+    ...     now = SlimState((("4d",), blocks), (16, 32))
+    ...     return [c.where for c in retype_candidates(now, start, [[1], [3, 2]], allowed)]
+    >>> where(("id", "3d"))
+    ['stage2.path1: id->4d', 'stage2.path2: 3d->4d']
+    >>> where(("3d", "id"))  # stage2.path2 as MB4D after an MB3D: not a suffix
+    ['stage2.path1: 3d->4d']
+    """
+    found = []
+    for i, (s, s0) in enumerate(zip(state.choices, start.choices)):
+        for j, (c, c0) in enumerate(zip(s, s0)):
+            if c0 == "id":
+                continue
+            for block in stage_choices[i]:
+                if block in ("id", c) or (c == "id" and block == c0):
+                    continue
+                new = with_path(state.choices, i, j, block)
+                if repair(new) == new:
+                    cand = Candidate(
+                        "retype", f"stage{i + 1}.path{j + 1}: {c}->{block}", replace(state, choices=new), (i, j)
+                    )
+                    found.append((-path_scores[i][j], i, j, cand))
+    return [f[-1] for f in sorted(found, key=lambda f: f[:3])]
+
+
 def trade_candidates(restores: Sequence[Candidate], stage_scores: Sequence[float], step: int) -> list[Candidate]:
     """Restores that do not fit under the target, each with one stage narrowed by `step` (least important stage
     first): a finer refill move than either alone, for when every block left to restore costs more than the latency
@@ -221,6 +258,7 @@ class Slimmer:
     width_step: int = 16
     mb3d_to: str = "id"
     on_step: Callable[[Step], None] | None = None
+    stage_choices: Sequence[Sequence[str]] | None = None  # the blocks each stage allows (`Rules.retype` needs them)
 
     def __post_init__(self) -> None:
         self._cache: dict[SlimState, Score] = {}
@@ -354,9 +392,11 @@ class Slimmer:
     def refill(self, step: Step, target_ms: float, start: SlimState) -> list[Step]:
         """Spend the latency left under `target_ms` back: score the `per_action` most important restorable
         MetaPaths and widenable stages (`grow_candidates`) that keep the state at or below the target, with
-        `trade` as many restores that do not fit, each with a stage narrowed (`trade_candidates`), and with `swap`
-        as many, each with another MetaPath dropped (`swap_candidates`); take the lowest loss if it beats the
-        current one, repeat. The steps taken, in order (none if nothing helped, or if the rules have no refill)."""
+        `trade` as many restores that do not fit, each with a stage narrowed (`trade_candidates`), with `swap`
+        as many, each with another MetaPath dropped (`swap_candidates`), and with `retype` (given the
+        `stage_choices`) as many MetaPaths set to another block of their stage (`retype_candidates`); take the
+        lowest loss if it beats the current one, repeat. The steps taken, in order (none if nothing helped, or if
+        the rules have no refill)."""
         out, cur = [], step
         if not self.rules.refill:
             return out
@@ -368,6 +408,9 @@ class Slimmer:
                 fits += self._fitting(trade_candidates(over, self.stage_scores, self.width_step), target_ms, kinds)[0]
             if self.rules.swap:
                 fits += self._fitting(swap_candidates(over, self.path_scores), target_ms, kinds)[0]
+            if self.rules.retype and self.stage_choices is not None:
+                retypes = retype_candidates(cur.state, start, self.path_scores, self.stage_choices)
+                fits += self._fitting(retypes, target_ms, kinds)[0]
             if not fits:
                 return out
             s, neg_lat, cand = min(((self.score(c.state), -lat, c) for c, lat in fits), key=lambda x: (x[0].loss, x[1]))

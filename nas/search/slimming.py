@@ -136,6 +136,7 @@ class SearchStack:
             width_step,
             mb3d_to,
             on_step,
+            self.net.stage_choices,
         )
 
     def evolution(self, evaluate: Callable[[SlimState], Score], cfg: EvolutionConfig | None = None) -> Evolution:
