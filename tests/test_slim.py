@@ -319,7 +319,7 @@ def test_refill_swaps_a_block_for_a_cheaper_one_when_no_restore_fits():
 
 
 def test_refill_retypes_a_block_when_no_restore_fits():
-    """`Rules.retype` (on by default). An MB3D costs more than an MB4D: restoring stage 2's first MetaPath as the
+    """`Rules.retype` (off by default). An MB3D costs more than an MB4D: restoring stage 2's first MetaPath as the
     MB3D the start had (1.5 ms) does not fit in the 1.1 ms left, and nothing can be narrowed or widened, but
     restoring it as an MB4D (1.0 ms) fits and lowers the loss, so the refill takes it; turning the other MB3D into
     an MB4D would fit too but raises the loss. Hand-computed latencies and losses."""
@@ -336,15 +336,14 @@ def test_refill_retypes_a_block_when_no_restore_fits():
     now = SlimState((("4d",), ("id", "3d")), (16, 16))  # 2.5 ms, loss 0.78
     low = Step(3, "drop_path", "", latency(now), evaluate(now).loss, 0.9, 0.0, now, 0)
     allowed = [("4d", "id"), ("4d", "3d", "id")]
-    moves = Slimmer(*args, METHODS["default"], stage_choices=allowed).refill(low, 3.6, start)
+    rules = replace(METHODS["default"], retype=True)
+    moves = Slimmer(*args, rules, stage_choices=allowed).refill(low, 3.6, start)
     # then stage2.path2: 3d->4d would fit (3.0 ms) at loss 0.70, above 0.68: the refill stops
     assert [(m.action, m.where) for m in moves] == [("retype", "stage2.path1: id->4d")]
     assert moves[0].state.choices == (("4d",), ("4d", "3d"))
     assert moves[0].latency_ms == pytest.approx(3.5) and moves[0].val_loss == pytest.approx(0.68)
-    assert (
-        Slimmer(*args, replace(METHODS["default"], retype=False), stage_choices=allowed).refill(low, 3.6, start) == []
-    )
-    assert Slimmer(*args, METHODS["default"]).refill(low, 3.6, start) == []  # no stage_choices: no retypes
+    assert Slimmer(*args, METHODS["default"], stage_choices=allowed).refill(low, 3.6, start) == []  # off by default
+    assert Slimmer(*args, rules).refill(low, 3.6, start) == []  # no stage_choices: no retypes
 
 
 def test_default_scores_k_candidates_per_action():

@@ -33,9 +33,10 @@ serves every larger target. Two rule sets (`METHODS`):
   taken one step further, so that two cheap steps can win over one expensive finish; and `refill` spends the
   latency left under each target back by restoring MetaPaths or widening stages while the state stays under the
   target and the loss falls; a block too costly to restore is also tried with a stage narrowed (`trade`), a finer
-  move than a whole block, and (`retype`) a MetaPath is set to another block of its stage (MB4D <-> MB3D), which
-  moves latency by the difference of two blocks' costs. (`swap`, off by default, also tries a restore with another
-  MetaPath dropped; it did not raise the share of the target `--verify` used: benchmarks/README.md section 6.)
+  move than a whole block. Two more refill moves are options, off by default because they did not raise the share
+  of the target `--verify` used (benchmarks/README.md section 6): `swap` also tries a restore with another MetaPath
+  dropped, and `retype` sets a MetaPath to another block of its stage (MB4D <-> MB3D), which lowered the supernet's
+  loss but also the latency spent.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class Rules:
     refill: bool = True  # give leftover latency under each target back (restore MetaPaths, widen stages)
     trade: bool = True  # refill also tries a restore that does not fit with one stage narrowed by the width step
     swap: bool = False  # refill also tries a restore that does not fit with another MetaPath dropped (measured: off)
-    retype: bool = True  # refill also sets a MetaPath to another block of its stage (MB4D <-> MB3D; restores as either)
+    retype: bool = False  # refill also sets a MetaPath to another block of its stage (MB4D <-> MB3D) (measured: off)
     importance: str = "alpha"  # alpha: rank by the supernet's log-odds | measured: by measured loss rise per ms
     lookahead: int = 0  # with reach_best: best-ratio candidates short of the target also tried one step further
 
