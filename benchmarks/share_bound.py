@@ -30,14 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from latency_lut.table import LatencyTable  # noqa: E402
-from nas.search.evaluator import SubnetEvaluator, cached_batches  # noqa: E402
+from verify_targets import spread_targets  # noqa: E402
+from width_cost import search_setup  # noqa: E402
+
 from nas.search.evolution import repair  # noqa: E402
-from nas.search.loading import load_supernet, supernet_data_config  # noqa: E402
 from nas.search.slimming import SearchStack, SlimConfig, search  # noqa: E402
 from nas.search.state import SlimState  # noqa: E402
 from nas.search.targets import emitted  # noqa: E402
@@ -78,23 +78,18 @@ def main() -> None:
     p.add_argument("--out", required=True, help="output prefix (PREFIX.txt, PREFIX.csv)")
     a = p.parse_args()
     t0 = time.time()
-    torch.set_num_threads(a.threads)
-    cfg = SlimConfig()
-    net, ckpt = load_supernet(Path(a.supernet))
-    table = LatencyTable.load(a.lut)
-    stack = SearchStack(net, table)
-    val, bn = cached_batches(supernet_data_config(ckpt), cfg.val_images, cfg.bn_batches, cfg.batch_size, cfg.seed)
-    evaluator = SubnetEvaluator(net, val, bn)
+    stack, evaluator = search_setup(a)  # as nas.slim makes them: SlimConfig's images and seed
+    table = stack.table
     start_ms = stack.latency(stack.start)
-    targets = [round(float(t), 3) for t in np.geomspace(0.95 * start_ms, a.low * start_ms, a.targets)]
-    traj, refills, _, _ = search(cfg, targets, net, table, evaluator)
+    targets = spread_targets(start_ms, a.targets, a.low)
+    traj, refills, _, _ = search(SlimConfig(), targets, stack.net, table, evaluator)
     families = {f: enumerate_states(stack, f) for f in ("drops", "space")}
     lat = {f: np.array([stack.latency(s) for s in states]) for f, states in families.items()}
     rng = np.random.default_rng(a.seed)
     rows, lines = [], []
     for t in targets:
         e = emitted(t, traj, refills[t], None).step
-        base = evaluator(e.state).loss
+        base = e.val_loss  # scored by the same evaluator during the search
         line = [f"{t:>7.3f}  emitted {e.latency_ms / t * 100:5.1f}% loss {base:.4f}"]
         for f, states in families.items():
             fits = lat[f] <= t

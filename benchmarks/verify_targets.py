@@ -62,6 +62,15 @@ def emitted(out: Path, targets: list[float]) -> list[tuple[ArchSpec, dict]]:
     return found
 
 
+def spread_targets(start_ms: float, n: int, low: float) -> list[float]:
+    """`n` targets spread geometrically from 0.95x to `low`x the start latency (ms, rounded to 3 decimals).
+
+    >>> spread_targets(2.0, 3, 0.25)
+    [1.9, 0.975, 0.5]
+    """
+    return [round(float(t), 3) for t in np.geomspace(0.95 * start_ms, low * start_ms, n)]
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--supernet", required=True)
@@ -86,7 +95,7 @@ def slim_both_ways(a: argparse.Namespace) -> tuple[list[float], dict[str, list[t
     with tempfile.TemporaryDirectory() as work:
         probe = slim(compose("slim", [*inputs, f"out={work}/probe", "target_ms=[1000]"], SlimConfig))
         start = float(pd.read_csv(probe / "trajectory.csv")["predicted_ms"].iloc[0])
-        targets = [round(float(t), 3) for t in np.geomspace(0.95 * start, a.low * start, a.targets)]
+        targets = spread_targets(start, a.targets, a.low)
         runs = {}
         over = [*inputs, f"out={work}/plain", f"target_ms={targets}"]
         if a.remote:
