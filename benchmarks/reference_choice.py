@@ -1,0 +1,121 @@
+"""Does the choice of reference networks move a drift-removed reading? (issue #21, `--verify`'s reading)
+
+    python benchmarks/reference_choice.py --lut runs/bench/refs1/lut.csv --out benchmarks/results/reference_choice_run1
+
+`nas.slim --verify` measures a few states at a time (at most `interleave - references` = 6, neighbours on the
+trajectory), each call one group with the LUT's calibration networks as references. `measure_networks` cycles its
+references from the first in every call, and the calibration networks are sorted by size, so every `--verify` group
+has read its drift from the two smallest networks of the table, whatever the size of the states it measured. The
+independent re-measurements (`verify_targets.py`, `nas.validate_lut`) measure many networks in one call, so their
+groups cycle through all the references.
+
+This times `--networks` held-out networks (`mixed_specs`, spread over the size range, none a calibration network),
+sorted by prediction and cut into windows of 6 neighbours, as `--verify` measures them, in three styles:
+
+* `smallest`: each window in its own call with the table's references (what `--verify` did: the two smallest);
+* `nearest`: each window in its own call with the `references` calibration networks nearest in build latency to
+  the window's median prediction (`latency_lut.measure.nearest_references`);
+* `cycled`: all networks in one call, references cycling (the independent re-measurement's way).
+
+Each of `--rounds` rounds times every style once, in a shuffled order, with fresh seeds. Reported per style: the
+median of (drift-removed reading / the same round's `cycled` reading), which is the bias of a style against the
+re-measurement, with its range over rounds; and the share of networks within +-10% of the prediction, drift
+removed, with the median absolute error. Output: `--out` .txt and .csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from latency_lut.backends import make_backend  # noqa: E402
+from latency_lut.bundle_measure import device_name  # noqa: E402
+from latency_lut.measure import MeasureConfig, measure_networks, nearest_references  # noqa: E402
+from latency_lut.sampling import encode_stages, mixed_specs  # noqa: E402
+from latency_lut.table import LatencyTable  # noqa: E402
+from latency_lut.validation import ValidateLUTConfig  # noqa: E402
+from nas.config import compose  # noqa: E402
+from supernet.files import atomic_write_text  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STYLES = ("smallest", "nearest", "cycled")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--lut", required=True, help="a torch or onnxruntime LUT with calibration networks")
+    p.add_argument("--networks", type=int, default=24, help="held-out networks (default 24)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, each timing every style once (default 3)")
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--out", type=Path, default=RESULTS / "reference_choice")
+    return p.parse_args()
+
+
+def timed(style: str, specs, table: LatencyTable, backend, cfg: MeasureConfig, seed: int) -> list[float]:
+    """Each spec's drift-removed reading (ms / its group's drift), measured the `style` way."""
+    refs, batch, window = table.networks(), int(table.meta["batch"]), max(cfg.interleave - cfg.references, 1)
+    if style == "cycled":
+        return [r["ms"] / r["drift"] for r in measure_networks(specs, backend, cfg, batch, seed, references=refs)]
+    out = []
+    for k in range(0, len(specs), window):
+        part = specs[k : k + window]
+        use = refs if style == "smallest" else nearest_references(refs, [table.predict(s) for s in part], cfg.references)
+        out += [r["ms"] / r["drift"] for r in measure_networks(part, backend, cfg, batch, seed + k, references=use)]
+    return out
+
+
+def main() -> None:
+    a = parse_args()
+    t0 = time.time()
+    table = LatencyTable.load(a.lut)
+    cfg = compose("validate_lut", [f"lut={a.lut}"], ValidateLUTConfig)
+    exclude = {encode_stages(s) for s, _ in table.networks()}
+    specs = mixed_specs(cfg.space, cfg.num_classes, a.networks, a.seed, table.width_step or 16, exclude, spread=True)
+    specs.sort(key=table.predict)
+    pred = np.array([table.predict(s) for s in specs])
+    backend = make_backend(str(table.meta["backend"]), int(table.meta["threads"]))
+    backend.setup()
+    mcfg, rng, rows = MeasureConfig(), random.Random(a.seed), []
+    for r in range(a.rounds):
+        order = list(STYLES)
+        rng.shuffle(order)
+        for k, style in enumerate(order):
+            ms = timed(style, specs, table, backend, mcfg, a.seed + 1000 * r + 100 * k)
+            rows += [{"round": r, "style": style, "network": i, "predicted_ms": p, "ms": m} for i, (p, m) in enumerate(zip(pred, ms))]
+            print(f"round {r + 1}/{a.rounds}: {style} done ({time.time() - t0:.0f} s)", flush=True)
+    df = pd.DataFrame(rows)
+    wide = df.pivot_table(index=["round", "network"], columns="style", values="ms")
+    lines = [
+        f"Reference choice on {device_name()}, LUT {a.lut} ({table.describe()}; host variation "
+        f"{table.host_variation:.1%}); {a.networks} held-out networks ({pred.min():.3f}-{pred.max():.3f} ms predicted), "
+        f"{a.rounds} rounds; {time.time() - t0:.0f} s",
+        "",
+        "style     vs cycled: median (range over rounds)   within +-10% of prediction   median |error|",
+    ]
+    for style in STYLES:
+        ratio = (wide[style] / wide["cycled"]).groupby(level="round").median()
+        err = df[df["style"] == style].eval("ms / predicted_ms - 1")
+        lines.append(
+            f"{style:9s} {np.median(wide[style] / wide['cycled']) - 1:+7.2%} ({ratio.min() - 1:+.2%} to {ratio.max() - 1:+.2%})"
+            f"{'':17s}{(err.abs() <= 0.10).mean():6.1%}{'':23s}{err.abs().median():6.2%}"
+        )
+    by_size = (wide["smallest"] / wide["nearest"]).groupby(level="network").median() - 1
+    lines += ["", "smallest / nearest by network (median over rounds), in prediction order:"]
+    lines += [f"  {p:.3f} ms  {b:+.2%}" for p, b in zip(pred, by_size)]
+    text = "\n".join(lines)
+    print(text)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(a.out.with_suffix(".txt"), text + "\n")
+    atomic_write_text(a.out.with_suffix(".csv"), df.to_csv(index=False))
+
+
+if __name__ == "__main__":
+    main()
