@@ -67,7 +67,8 @@ def timed(style: str, specs, table: LatencyTable, backend, cfg: MeasureConfig, s
     out = []
     for k in range(0, len(specs), window):
         part = specs[k : k + window]
-        use = refs if style == "smallest" else nearest_references(refs, [table.predict(s) for s in part], cfg.references)
+        pred = [table.predict(s) for s in part]
+        use = refs if style == "smallest" else nearest_references(refs, pred, cfg.references)
         out += [r["ms"] / r["drift"] for r in measure_networks(part, backend, cfg, batch, seed + k, references=use)]
     return out
 
@@ -89,13 +90,17 @@ def main() -> None:
         rng.shuffle(order)
         for k, style in enumerate(order):
             ms = timed(style, specs, table, backend, mcfg, a.seed + 1000 * r + 100 * k)
-            rows += [{"round": r, "style": style, "network": i, "predicted_ms": p, "ms": m} for i, (p, m) in enumerate(zip(pred, ms))]
+            rows += [
+                {"round": r, "style": style, "network": i, "predicted_ms": p, "ms": m}
+                for i, (p, m) in enumerate(zip(pred, ms))
+            ]
             print(f"round {r + 1}/{a.rounds}: {style} done ({time.time() - t0:.0f} s)", flush=True)
     df = pd.DataFrame(rows)
     wide = df.pivot_table(index=["round", "network"], columns="style", values="ms")
     lines = [
         f"Reference choice on {device_name()}, LUT {a.lut} ({table.describe()}; host variation "
-        f"{table.host_variation:.1%}); {a.networks} held-out networks ({pred.min():.3f}-{pred.max():.3f} ms predicted), "
+        f"{table.host_variation:.1%}); {a.networks} held-out networks ({pred.min():.3f}-{pred.max():.3f} ms "
+        "predicted), "
         f"{a.rounds} rounds; {time.time() - t0:.0f} s",
         "",
         "style     vs cycled: median (range over rounds)   within +-10% of prediction   median |error|",
@@ -103,8 +108,9 @@ def main() -> None:
     for style in STYLES:
         ratio = (wide[style] / wide["cycled"]).groupby(level="round").median()
         err = df[df["style"] == style].eval("ms / predicted_ms - 1")
+        overall = np.median(wide[style] / wide["cycled"]) - 1
         lines.append(
-            f"{style:9s} {np.median(wide[style] / wide['cycled']) - 1:+7.2%} ({ratio.min() - 1:+.2%} to {ratio.max() - 1:+.2%})"
+            f"{style:9s} {overall:+7.2%} ({ratio.min() - 1:+.2%} to {ratio.max() - 1:+.2%})"
             f"{'':17s}{(err.abs() <= 0.10).mean():6.1%}{'':23s}{err.abs().median():6.2%}"
         )
     by_size = (wide["smallest"] / wide["nearest"]).groupby(level="network").median() - 1
