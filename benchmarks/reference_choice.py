@@ -14,7 +14,7 @@ sorted by prediction and cut into windows of 6 neighbours, as `--verify` measure
 
 * `smallest`: each window in its own call with the table's references (what `--verify` did: the two smallest);
 * `nearest`: each window in its own call with the `references` calibration networks nearest in build latency to
-  the window's median prediction (`latency_lut.measure.nearest_references`);
+  the window's median prediction (`nearest_references`);
 * `cycled`: all networks in one call, references cycling (the independent re-measurement's way).
 
 Each of `--rounds` rounds times every style once, in a shuffled order, with fresh seeds. Reported per style: the
@@ -29,6 +29,7 @@ import argparse
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from latency_lut.backends import make_backend  # noqa: E402
 from latency_lut.bundle_measure import device_name  # noqa: E402
-from latency_lut.measure import MeasureConfig, measure_networks, nearest_references  # noqa: E402
+from latency_lut.measure import MeasureConfig, measure_networks  # noqa: E402
 from latency_lut.sampling import encode_stages, mixed_specs  # noqa: E402
 from latency_lut.table import LatencyTable  # noqa: E402
 from latency_lut.validation import ValidateLUTConfig  # noqa: E402
 from nas.config import compose  # noqa: E402
+from supernet.arch import ArchSpec  # noqa: E402
 from supernet.files import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,6 +59,24 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--out", type=Path, default=RESULTS / "reference_choice")
     return p.parse_args()
+
+
+def nearest_references(
+    references: Sequence[tuple[ArchSpec, float]], predicted_ms: Sequence[float], n: int
+) -> list[tuple[ArchSpec, float]]:
+    """The `n` references (networks with their latency at build time) nearest in that latency to the median of
+    `predicted_ms`, in their original order: for a group of similar networks, references that run like them, so
+    that their drift is the drift of networks of that size (`measure_networks` reads a group against them).
+
+    >>> refs = [("a", 0.7), ("b", 0.8), ("c", 1.5), ("d", 2.6), ("e", 2.7)]
+    >>> [name for name, _ in nearest_references(refs, [2.4, 2.5, 3.0], 2)]
+    ['d', 'e']
+    >>> [name for name, _ in nearest_references(refs, [1.4], 2)]
+    ['b', 'c']
+    """
+    mid = float(np.median(predicted_ms))
+    keep = sorted(range(len(references)), key=lambda k: (abs(references[k][1] - mid), k))[: max(n, 0)]
+    return [references[k] for k in sorted(keep)]
 
 
 def timed(style: str, specs, table: LatencyTable, backend, cfg: MeasureConfig, seed: int) -> list[float]:

@@ -322,24 +322,6 @@ def pack(units: list[list[Any]], size: int) -> list[list[Any]]:
     return groups + ([group] if group else [])
 
 
-def nearest_references(
-    references: Sequence[tuple[ArchSpec, float]], predicted_ms: Sequence[float], n: int
-) -> list[tuple[ArchSpec, float]]:
-    """The `n` references (networks with their latency at build time) nearest in that latency to the median of
-    `predicted_ms`, in their original order: for a group of similar networks, references that run like them, so
-    that their drift is the drift of networks of that size (`measure_networks` reads a group against them).
-
-    >>> refs = [("a", 0.7), ("b", 0.8), ("c", 1.5), ("d", 2.6), ("e", 2.7)]
-    >>> [name for name, _ in nearest_references(refs, [2.4, 2.5, 3.0], 2)]
-    ['d', 'e']
-    >>> [name for name, _ in nearest_references(refs, [1.4], 2)]
-    ['b', 'c']
-    """
-    mid = float(np.median(predicted_ms))
-    keep = sorted(range(len(references)), key=lambda k: (abs(references[k][1] - mid), k))[: max(n, 0)]
-    return [references[k] for k in sorted(keep)]
-
-
 def measure_networks(
     specs: Sequence[ArchSpec] | Sequence[Sequence[ArchSpec]],
     backend: Backend,

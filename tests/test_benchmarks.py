@@ -322,3 +322,13 @@ def test_width_cost_reads_back_the_states_nas_slim_writes(tmp_path):
     path = tmp_path / "trajectory.csv"
     trajectory_frame(steps).to_csv(path, index=False)
     assert width_cost.trajectory_states(path) == [(0, states[0]), (1, states[1])]
+
+
+def test_reference_choice_picks_the_references_nearest_the_windows_median_by_hand():
+    import reference_choice
+
+    refs = [("a", 0.7), ("b", 0.8), ("c", 1.5), ("d", 2.6), ("e", 2.7)]
+    pick = lambda pred, n: [name for name, _ in reference_choice.nearest_references(refs, pred, n)]  # noqa: E731
+    assert pick([2.4, 2.5, 3.0], 2) == ["d", "e"]  # median 2.5: 0.1 and 0.2 away
+    assert pick([1.4], 2) == ["b", "c"]  # 0.1 and 0.6 away, kept in the references' order
+    assert pick([0.1, 5.0], 9) == ["a", "b", "c", "d", "e"]  # more than there are: all of them
