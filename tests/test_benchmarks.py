@@ -332,3 +332,16 @@ def test_reference_choice_picks_the_references_nearest_the_windows_median_by_han
     assert pick([2.4, 2.5, 3.0], 2) == ["d", "e"]  # median 2.5: 0.1 and 0.2 away
     assert pick([1.4], 2) == ["b", "c"]  # 0.1 and 0.6 away, kept in the references' order
     assert pick([0.1, 5.0], 9) == ["a", "b", "c", "d", "e"]  # more than there are: all of them
+
+
+def test_share_noise_sigma_and_chance_above_by_hand():
+    import share_noise
+    from scipy.stats import norm
+
+    # pairs differing by +-0.02 in log: SD 0.02 (ddof 1: 0.0231), MAD 0.02; one reading's noise is that over sqrt(2)
+    s = share_noise.sigmas(np.array([0.02, -0.02, 0.02, -0.02]))
+    assert s["sd"] == pytest.approx(np.std([0.02, -0.02, 0.02, -0.02], ddof=1) / np.sqrt(2))
+    assert s["mad"] == pytest.approx(1.4826 * 0.02 / np.sqrt(2))
+    assert share_noise.p_above(1.0, 0.02) == pytest.approx(0.5)  # at the target: above half the time
+    z = -np.log(0.97) / 0.02  # 97% of the target, 2% noise: 1.52 sigma below it
+    assert share_noise.p_above(0.97, 0.02) == pytest.approx(1 - norm.cdf(z))
