@@ -36,7 +36,10 @@ serves every larger target. Two rule sets (`METHODS`):
   move than a whole block. Two more refill moves are options, off by default because they did not raise the share
   of the target `--verify` used (benchmarks/README.md section 6): `swap` also tries a restore with another MetaPath
   dropped, and `retype` sets a MetaPath to another block of its stage (MB4D <-> MB3D), which lowered the supernet's
-  loss but also the latency spent.
+  loss but also the latency spent. `fill` then spends what is left: once no move lowers the loss, it takes the
+  move that fits and adds the most latency while the loss stays within `fill_tolerance` of where the refill began
+  (0.005 nats: the one from-scratch pair of states 0.008 nats apart trained to the same top-1, -0.02 +- 0.16
+  points; benchmarks/README.md section 6).
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class Rules:
     trade: bool = True  # refill also tries a restore that does not fit with one stage narrowed by the width step
     swap: bool = False  # refill also tries a restore that does not fit with another MetaPath dropped (measured: off)
     retype: bool = False  # refill also sets a MetaPath to another block of its stage (MB4D <-> MB3D) (measured: off)
+    fill: bool = True  # once no refill move lowers the loss, take the slowest that fits within `fill_tolerance`
+    fill_tolerance: float = 0.005  # nats above the loss the refill started from that a fill move may reach
     importance: str = "alpha"  # alpha: rank by the supernet's log-odds | measured: by measured loss rise per ms
     lookahead: int = 0  # with reach_best: best-ratio candidates short of the target also tried one step further
 
@@ -390,17 +395,21 @@ class Slimmer:
             out += [[first, second] for second in self._scored(mid_lat, mid_s.loss, reaching)]
         return out
 
-    def refill(self, step: Step, target_ms: float, start: SlimState) -> list[Step]:
+    def refill(self, step: Step, target_ms: float, start: SlimState, loss_cap: float | None = None) -> list[Step]:
         """Spend the latency left under `target_ms` back: score the `per_action` most important restorable
         MetaPaths and widenable stages (`grow_candidates`) that keep the state at or below the target, with
         `trade` as many restores that do not fit, each with a stage narrowed (`trade_candidates`), with `swap`
         as many, each with another MetaPath dropped (`swap_candidates`), and with `retype` (given the
         `stage_choices`) as many MetaPaths set to another block of their stage (`retype_candidates`); take the
-        lowest loss if it beats the current one, repeat. The steps taken, in order (none if nothing helped, or if
-        the rules have no refill)."""
+        lowest loss if it beats the current one, repeat. With `fill`, when none does, take the slowest candidate
+        that is slower than the current state and whose loss is at most `loss_cap` (default: `step`'s loss plus
+        `fill_tolerance`), marked "(fill)", and go on. No state is visited twice. The steps taken, in order (none
+        if nothing helped, or if the rules have no refill)."""
         out, cur = [], step
         if not self.rules.refill:
             return out
+        cap = step.val_loss + self.rules.fill_tolerance if loss_cap is None else loss_cap
+        seen = {step.state}
         while True:
             kinds: dict[str, int] = {}
             grow = grow_candidates(cur.state, start, self.path_scores, self.stage_scores, self.width_step)
@@ -412,14 +421,20 @@ class Slimmer:
             if self.rules.retype and self.stage_choices is not None:
                 retypes = retype_candidates(cur.state, start, self.path_scores, self.stage_choices)
                 fits += self._fitting(retypes, target_ms, kinds)[0]
+            fits = [(c, lat) for c, lat in fits if c.state not in seen]
             if not fits:
                 return out
-            s, neg_lat, cand = min(((self.score(c.state), -lat, c) for c, lat in fits), key=lambda x: (x[0].loss, x[1]))
+            scored = [(self.score(c.state), -lat, c) for c, lat in fits]
+            s, neg_lat, cand = min(scored, key=lambda x: (x[0].loss, x[1]))
+            where = cand.where
             if s.loss >= cur.val_loss:
-                return out
-            cur = Step(
-                cur.step, cand.action, cand.where, -neg_lat, s.loss, s.top1, math.nan, cand.state, self.evaluations
-            )
+                slower = [x for x in scored if -x[1] > cur.latency_ms and x[0].loss <= cap] if self.rules.fill else []
+                if not slower:
+                    return out
+                s, neg_lat, cand = min(slower, key=lambda x: (x[1], x[0].loss))  # the most latency, then the loss
+                where = f"{cand.where} (fill)"
+            seen.add(cand.state)
+            cur = Step(cur.step, cand.action, where, -neg_lat, s.loss, s.top1, math.nan, cand.state, self.evaluations)
             out.append(cur)
             self._emit(cur)
 

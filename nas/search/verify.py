@@ -207,7 +207,12 @@ def verify_targets(
         v = verified_step(traj, t, measure, slimmer.extend, measured, group, first)
         if start is not None:
             used = v.measured_ms
-            v = spend_budget(v, t, lambda step, budget: slimmer.refill(step, budget, start), measure, measured)
+            cap = v.step.val_loss + slimmer.rules.fill_tolerance  # fill moves stay within it of the verified state
+
+            def refill(step: Step, budget: float, cap: float = cap) -> list[Step]:
+                return slimmer.refill(step, budget, start, loss_cap=cap)
+
+            v = spend_budget(v, t, refill, measure, measured)
             if v.refilled:
                 log.info(
                     "--verify: target %g ms: refilled under the measured latency (%s): %.4f -> %.4f ms measured",
