@@ -79,6 +79,24 @@ def nearest_references(
     return [references[k] for k in sorted(keep)]
 
 
+def held_out(lut: Path, n: int, seed: int) -> tuple[LatencyTable, ValidateLUTConfig, list[ArchSpec]]:
+    """The table at `lut`, its space's validation config, and `n` networks spread over the size range, none a
+    calibration network, sorted by prediction (neighbours in a window, as on a slimming trajectory)."""
+    table = LatencyTable.load(lut)
+    cfg = compose("validate_lut", [f"lut={lut}"], ValidateLUTConfig)
+    exclude = {encode_stages(s) for s, _ in table.networks()}
+    specs = mixed_specs(cfg.space, cfg.num_classes, n, seed, table.width_step or 16, exclude, spread=True)
+    return table, cfg, sorted(specs, key=table.predict)
+
+
+def write(out: Path, text: str, df: pd.DataFrame) -> None:
+    """The report, printed and written to `out`.txt beside every reading in `out`.csv."""
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".txt"), text + "\n")
+    atomic_write_text(out.with_suffix(".csv"), df.to_csv(index=False))
+
+
 def timed(style: str, specs, table: LatencyTable, backend, cfg: MeasureConfig, seed: int) -> list[float]:
     """Each spec's drift-removed reading (ms / its group's drift), measured the `style` way."""
     refs, batch, window = table.networks(), int(table.meta["batch"]), max(cfg.interleave - cfg.references, 1)
@@ -96,11 +114,7 @@ def timed(style: str, specs, table: LatencyTable, backend, cfg: MeasureConfig, s
 def main() -> None:
     a = parse_args()
     t0 = time.time()
-    table = LatencyTable.load(a.lut)
-    cfg = compose("validate_lut", [f"lut={a.lut}"], ValidateLUTConfig)
-    exclude = {encode_stages(s) for s, _ in table.networks()}
-    specs = mixed_specs(cfg.space, cfg.num_classes, a.networks, a.seed, table.width_step or 16, exclude, spread=True)
-    specs.sort(key=table.predict)
+    table, _, specs = held_out(a.lut, a.networks, a.seed)
     pred = np.array([table.predict(s) for s in specs])
     backend = make_backend(str(table.meta["backend"]), int(table.meta["threads"]))
     backend.setup()
@@ -136,11 +150,7 @@ def main() -> None:
     by_size = (wide["smallest"] / wide["nearest"]).groupby(level="network").median() - 1
     lines += ["", "smallest / nearest by network (median over rounds), in prediction order:"]
     lines += [f"  {p:.3f} ms  {b:+.2%}" for p, b in zip(pred, by_size)]
-    text = "\n".join(lines)
-    print(text)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(a.out.with_suffix(".txt"), text + "\n")
-    atomic_write_text(a.out.with_suffix(".csv"), df.to_csv(index=False))
+    write(a.out, "\n".join(lines), df)
 
 
 if __name__ == "__main__":

@@ -33,17 +33,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from reference_choice import held_out, write  # noqa: E402
+
 from latency_lut.backends import make_backend  # noqa: E402
 from latency_lut.bundle_measure import device_name  # noqa: E402
 from latency_lut.measure import MeasureConfig, measure_networks  # noqa: E402
-from latency_lut.sampling import encode_stages, mixed_specs  # noqa: E402
-from latency_lut.table import LatencyTable  # noqa: E402
-from latency_lut.validation import ValidateLUTConfig  # noqa: E402
 from nas.config import compose  # noqa: E402
 from nas.search.evaluator import evaluate  # noqa: E402
 from nas.search.loading import load_supernet  # noqa: E402
 from nas.slim import SlimConfig  # noqa: E402
-from supernet.files import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -63,12 +61,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     a = parse_args()
     t0 = time.time()
-    table = LatencyTable.load(a.lut)
-    cfg = compose("validate_lut", [f"lut={a.lut}"], ValidateLUTConfig)
+    table, cfg, specs = held_out(a.lut, a.networks, a.seed)
     slim_cfg = compose("slim", [], SlimConfig)
-    exclude = {encode_stages(s) for s, _ in table.networks()}
-    specs = mixed_specs(cfg.space, cfg.num_classes, a.networks, a.seed, table.width_step or 16, exclude, spread=True)
-    specs.sort(key=table.predict)
     pred = [table.predict(s) for s in specs]
     net, _ = load_supernet(a.supernet)
     model = net.extract(net.derive()).eval()  # the slimming's start: what its first evaluations score
@@ -125,11 +119,7 @@ def main() -> None:
         "by network (median over rounds), in prediction order:",
         *[f"  {pred[i]:.3f} ms  {b - 1:+.2%}" for i, b in by_net.items()],
     ]
-    text = "\n".join(lines)
-    print(text)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(a.out.with_suffix(".txt"), text + "\n")
-    atomic_write_text(a.out.with_suffix(".csv"), df.to_csv(index=False))
+    write(a.out, "\n".join(lines), df)
 
 
 if __name__ == "__main__":
