@@ -347,9 +347,10 @@ def test_refill_retypes_a_block_when_no_restore_fits():
 
 
 def test_refill_fills_with_the_slowest_fitting_move_within_the_tolerance():
-    """`Rules.fill`: every restored block raises the loss by 0.002 (by hand), so no move lowers it and the refill
-    alone stops at once. Fill takes the restore that adds the most latency and fits (stage1.path3, 1.5 ms, not
-    path2's 0.5 ms) while the loss stays within the tolerance of where the refill began; path2 then no longer fits."""
+    """`Rules.fill` (off by default): every restored block raises the loss by 0.002 (by hand), so no move lowers it
+    and the refill alone stops at once. Fill takes the restore that adds the most latency and fits (stage1.path3,
+    1.5 ms, not path2's 0.5 ms) while the loss stays within the tolerance of where the refill began; path2 then no
+    longer fits."""
     start = SlimState((("4d", "4d", "4d"),), (16,))
     cost = (1.0, 0.5, 1.5)
 
@@ -362,16 +363,17 @@ def test_refill_fills_with_the_slowest_fitting_move_within_the_tolerance():
     args = (latency, evaluate, [[1.0, 2.0, 3.0]], [1.0])
     now = SlimState((("4d", "id", "id"),), (16,))  # 1.0 ms, loss 0.502
     low = Step(2, "drop_path", "", 1.0, evaluate(now).loss, 0.9, 0.0, now, 0)
-    moves = Slimmer(*args, METHODS["default"]).refill(low, 2.6, start)
+    fill = replace(METHODS["default"], fill=True)
+    assert Slimmer(*args, METHODS["default"]).refill(low, 3.0, start) == []  # off by default
+    moves = Slimmer(*args, fill).refill(low, 2.6, start)
     assert [(m.action, m.where) for m in moves] == [("restore_path", "stage1.path3 (fill)")]
     assert moves[0].latency_ms == pytest.approx(2.5) and moves[0].val_loss == pytest.approx(0.504)
     # with room for both, both are taken, the slower first; the loss reaches 0.506, within 0.502 + 0.005
-    both = Slimmer(*args, METHODS["default"]).refill(low, 3.0, start)
+    both = Slimmer(*args, fill).refill(low, 3.0, start)
     assert [m.where for m in both] == ["stage1.path3 (fill)", "stage1.path2 (fill)"]
-    assert Slimmer(*args, replace(METHODS["default"], fill=False)).refill(low, 3.0, start) == []
-    tight = replace(METHODS["default"], fill_tolerance=0.003)  # 0.504 is within 0.505, 0.506 is not
+    tight = replace(fill, fill_tolerance=0.003)  # 0.504 is within 0.505, 0.506 is not
     assert [m.where for m in Slimmer(*args, tight).refill(low, 3.0, start)] == ["stage1.path3 (fill)"]
-    assert Slimmer(*args, METHODS["default"]).refill(low, 3.0, start, loss_cap=0.503) == []  # a cap given
+    assert Slimmer(*args, fill).refill(low, 3.0, start, loss_cap=0.503) == []  # a cap given
 
 
 def test_default_scores_k_candidates_per_action():

@@ -36,10 +36,11 @@ serves every larger target. Two rule sets (`METHODS`):
   move than a whole block. Two more refill moves are options, off by default because they did not raise the share
   of the target `--verify` used (benchmarks/README.md section 6): `swap` also tries a restore with another MetaPath
   dropped, and `retype` sets a MetaPath to another block of its stage (MB4D <-> MB3D), which lowered the supernet's
-  loss but also the latency spent. `fill` then spends what is left: once no move lowers the loss, it takes the
-  move that fits and adds the most latency while the loss stays within `fill_tolerance` of where the refill began
-  (0.005 nats: the one from-scratch pair of states 0.008 nats apart trained to the same top-1, -0.02 +- 0.16
-  points; benchmarks/README.md section 6).
+  loss but also the latency spent. `fill`, off by default too, spends what is left: once no move lowers the loss,
+  it takes the move that fits and adds the most latency while the loss stays within `fill_tolerance` of where the
+  refill began (0.005 nats: the one from-scratch pair of states 0.008 nats apart trained to the same top-1, -0.02
+  +- 0.16 points). On this space it found nothing to take: what a target leaves is less than a block
+  (benchmarks/README.md section 6).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class Rules:
     trade: bool = True  # refill also tries a restore that does not fit with one stage narrowed by the width step
     swap: bool = False  # refill also tries a restore that does not fit with another MetaPath dropped (measured: off)
     retype: bool = False  # refill also sets a MetaPath to another block of its stage (MB4D <-> MB3D) (measured: off)
-    fill: bool = True  # once no refill move lowers the loss, take the slowest that fits within `fill_tolerance`
+    fill: bool = False  # once no refill move lowers the loss, take the slowest that fits within `fill_tolerance`
+    # (measured: off; no emitted state held a fill move, benchmarks/README.md section 6)
     fill_tolerance: float = 0.005  # nats above the loss the refill started from that a fill move may reach
     importance: str = "alpha"  # alpha: rank by the supernet's log-odds | measured: by measured loss rise per ms
     lookahead: int = 0  # with reach_best: best-ratio candidates short of the target also tried one step further
