@@ -42,7 +42,7 @@ from latency_lut.bundle_measure import device_name  # noqa: E402
 from latency_lut.measure import MeasureConfig, measure_networks  # noqa: E402
 from latency_lut.sampling import encode_stages, mixed_specs  # noqa: E402
 from latency_lut.table import LatencyTable  # noqa: E402
-from latency_lut.validation import ValidateLUTConfig  # noqa: E402
+from latency_lut.validation import ValidateLUTConfig, error_stats  # noqa: E402
 from nas.config import compose  # noqa: E402
 from supernet.arch import ArchSpec  # noqa: E402
 from supernet.files import atomic_write_text  # noqa: E402
@@ -130,27 +130,33 @@ def main() -> None:
             ]
             print(f"round {r + 1}/{a.rounds}: {style} done ({time.time() - t0:.0f} s)", flush=True)
     df = pd.DataFrame(rows)
-    wide = df.pivot_table(index=["round", "network"], columns="style", values="ms")
-    lines = [
+    header = (
         f"Reference choice on {device_name()}, LUT {a.lut} ({table.describe()}; host variation "
         f"{table.host_variation:.1%}); {a.networks} held-out networks ({pred.min():.3f}-{pred.max():.3f} ms "
-        "predicted), "
-        f"{a.rounds} rounds; {time.time() - t0:.0f} s",
-        "",
-        "style     vs cycled: median (range over rounds)   within +-10% of prediction   median |error|",
-    ]
+        f"predicted), {a.rounds} rounds; {time.time() - t0:.0f} s"
+    )
+    write(a.out, header + "\n\n" + report(df), df)
+
+
+def report(df: pd.DataFrame) -> str:
+    """Each style against `cycled` and against the prediction (`error_stats`, as `nas.validate_lut` reads a
+    prediction's error: relative to the measurement), and smallest / nearest by network."""
+    wide = df.pivot_table(index=["round", "network"], columns="style", values="ms")
+    lines = ["style     vs cycled: median (range over rounds)   within +-10% of prediction   median |error|"]
     for style in STYLES:
         ratio = (wide[style] / wide["cycled"]).groupby(level="round").median()
-        err = df[df["style"] == style].eval("ms / predicted_ms - 1")
+        mine = df[df["style"] == style]
+        err = error_stats(mine["predicted_ms"].to_numpy(), mine["ms"].to_numpy())
         overall = np.median(wide[style] / wide["cycled"]) - 1
         lines.append(
             f"{style:9s} {overall:+7.2%} ({ratio.min() - 1:+.2%} to {ratio.max() - 1:+.2%})"
-            f"{'':17s}{(err.abs() <= 0.10).mean():6.1%}{'':23s}{err.abs().median():6.2%}"
+            f"{'':17s}{err['within_10pct']:6.1%}{'':23s}{err['median_abs_pct_err'] / 100:6.2%}"
         )
     by_size = (wide["smallest"] / wide["nearest"]).groupby(level="network").median() - 1
+    pred = df.groupby("network")["predicted_ms"].first()
     lines += ["", "smallest / nearest by network (median over rounds), in prediction order:"]
-    lines += [f"  {p:.3f} ms  {b:+.2%}" for p, b in zip(pred, by_size)]
-    write(a.out, "\n".join(lines), df)
+    lines += [f"  {pred[i]:.3f} ms  {b:+.2%}" for i, b in by_size.items()]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
