@@ -6,6 +6,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from latency_lut.backends import Backend
 from latency_lut.measure import MeasureConfig, measure_networks
@@ -208,11 +209,7 @@ def verify_targets(
         if start is not None:
             used = v.measured_ms
             cap = v.step.val_loss + slimmer.rules.fill_tolerance  # fill moves stay within it of the verified state
-
-            def refill(step: Step, budget: float, cap: float = cap) -> list[Step]:
-                return slimmer.refill(step, budget, start, loss_cap=cap)
-
-            v = spend_budget(v, t, refill, measure, measured)
+            v = spend_budget(v, t, partial(slimmer.refill, start=start, loss_cap=cap), measure, measured)
             if v.refilled:
                 log.info(
                     "--verify: target %g ms: refilled under the measured latency (%s): %.4f -> %.4f ms measured",
