@@ -44,6 +44,7 @@ from latency_lut.sampling import encode_stages, mixed_specs  # noqa: E402
 from latency_lut.table import LatencyTable  # noqa: E402
 from latency_lut.validation import ValidateLUTConfig, error_stats  # noqa: E402
 from nas.config import compose  # noqa: E402
+from nas.errors import run_cli  # noqa: E402
 from supernet.arch import ArchSpec  # noqa: E402
 from supernet.files import atomic_write_text  # noqa: E402
 
@@ -160,4 +161,4 @@ def report(df: pd.DataFrame) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

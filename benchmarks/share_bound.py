@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from verify_targets import spread_targets  # noqa: E402
 from width_cost import search_setup  # noqa: E402
 
+from nas.errors import run_cli  # noqa: E402
 from nas.search.evolution import repair  # noqa: E402
 from nas.search.slimming import SearchStack, SlimConfig, search  # noqa: E402
 from nas.search.state import SlimState  # noqa: E402
@@ -148,4 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

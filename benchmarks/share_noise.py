@@ -23,6 +23,8 @@ from scipy.stats import norm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nas.errors import run_cli  # noqa: E402
+from supernet.errors import UserError  # noqa: E402
 from supernet.files import atomic_write_text  # noqa: E402
 
 SHARES = (0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
@@ -54,7 +56,19 @@ def main() -> None:
     p.add_argument("--readings", type=int, default=20, help="re-measurements that must all stay at or below (20)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "share_noise")
     a = p.parse_args()
-    df = pd.concat([pd.read_csv(f) for f in a.csvs], ignore_index=True)
+    need = ["drift_removed_1_ms", "drift_removed_2_ms"]
+    frames = []
+    for f in a.csvs:
+        if not f.is_file():
+            raise UserError(f"{f}: no such file")
+        try:
+            frames.append(pd.read_csv(f))
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise UserError(f"{f}: not a readable CSV ({' '.join(str(e).split())[:120]})") from None
+    for f, df in zip(a.csvs, frames):
+        if not set(need) <= set(df.columns):
+            raise UserError(f"{f}: not a verify_targets.py CSV with two re-measurements ({', '.join(need)})")
+    df = pd.concat(frames, ignore_index=True)
     lr = np.log(df["drift_removed_1_ms"] / df["drift_removed_2_ms"]).dropna().to_numpy()
     sig = sigmas(lr)
     lines = [
@@ -79,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

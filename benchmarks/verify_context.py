@@ -39,6 +39,7 @@ from latency_lut.backends import make_backend  # noqa: E402
 from latency_lut.bundle_measure import device_name  # noqa: E402
 from latency_lut.measure import MeasureConfig, measure_networks  # noqa: E402
 from nas.config import compose  # noqa: E402
+from nas.errors import run_cli  # noqa: E402
 from nas.search.evaluator import evaluate  # noqa: E402
 from nas.search.loading import load_supernet  # noqa: E402
 from nas.slim import SlimConfig  # noqa: E402
@@ -123,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

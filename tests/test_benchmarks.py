@@ -345,3 +345,23 @@ def test_share_noise_sigma_and_chance_above_by_hand():
     assert share_noise.p_above(1.0, 0.02) == pytest.approx(0.5)  # at the target: above half the time
     z = -np.log(0.97) / 0.02  # 97% of the target, 2% noise: 1.52 sigma below it
     assert share_noise.p_above(0.97, 0.02) == pytest.approx(1 - norm.cdf(z))
+
+
+def test_share_noise_refuses_a_missing_or_foreign_csv_in_one_line(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "share_noise.py"
+    foreign = tmp_path / "other.csv"
+    foreign.write_text("target_ms,run\n1.0,plain\n")
+    broken = tmp_path / "broken.csv"
+    broken.write_text('a,b\n"x\n')
+    for bad, says in (
+        (tmp_path / "none.csv", "no such file"),
+        (foreign, "not a verify_targets.py CSV"),
+        (broken, "not a readable CSV"),
+    ):
+        r = subprocess.run(
+            [sys.executable, str(script), str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True
+        )
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and says in r.stderr
+    assert not (tmp_path / "o.txt").exists()  # nothing written
