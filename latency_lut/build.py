@@ -115,6 +115,8 @@ def build_lut(cfg: BuildLUTConfig) -> Path:
         return make_bundle(cfg, spec, rows)
     backend = make_backend(cfg.backend, cfg.threads, cfg.convert_only)
     backend.setup()
+    if warning := threads_warning(cfg.backend, cfg.threads, usable_cores()):
+        log.warning(warning)
     if cfg.backend == "coreml" and cfg.convert_only:
         return coreml_check(cfg, rows)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
@@ -149,6 +151,27 @@ def build_lut(cfg: BuildLUTConfig) -> Path:
             out, table, k, lambda path: measure_into(path, df[:0], [*rows, *nets, CALL], backend, cfg, meta, spec), cfg
         )
     return finish(out, table)
+
+
+CPU_BACKENDS = ("torch", "onnxruntime", "executorch")
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity where the OS says, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_warning(backend: str, threads: int, cores: int) -> str | None:
+    """A warning when a CPU build's threads take every core this process has: nothing is left for the OS or a
+    shared host's other tenants, and the timings follow them (benchmarks/README.md section 3: over runs 5-10 on a
+    2-vCPU Intel Xeon, builds at 2 threads met the fidelity goal in 5 of 24, at 1 thread in 25 of 44)."""
+    if backend not in CPU_BACKENDS or threads < cores:
+        return None
+    return (
+        f"threads={threads} uses all {cores} of this machine's cores: nothing is left for the system, so the "
+        f"timings will follow whatever else runs here; a table built with threads={max(1, cores - 1)} (or on a "
+        f"machine with more cores) is steadier"
+    )
 
 
 def measure_into(out: Path, df: pd.DataFrame, todo: list, backend, cfg: BuildLUTConfig, meta: dict, spec) -> None:

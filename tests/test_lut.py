@@ -688,3 +688,19 @@ def test_an_unsteady_build_is_built_again_and_the_steadier_kept(tmp_path, monkey
     assert built("fourth", [1.07, 1.02]) == (pytest.approx(0.02), pytest.approx(0.07))
     assert built("fifth", [1.07], "rebuild_above=0.10") == (pytest.approx(0.07), None)
     assert built("third", [1.3], "rebuilds=0") == (pytest.approx(0.3), None)
+
+
+def test_a_cpu_build_whose_threads_take_every_core_is_warned_about():
+    """threads >= usable cores on a CPU backend warns and names a steadier setting; fewer threads, or a GPU or
+    CoreML backend, do not."""
+    from latency_lut.build import threads_warning, usable_cores
+
+    warning = threads_warning("onnxruntime", 2, 2)
+    assert warning is not None and "threads=2 uses all 2 of this machine's cores" in warning
+    assert "threads=1" in warning
+    assert "threads=3" in threads_warning("torch", 8, 4)
+    assert threads_warning("torch", 1, 2) is None
+    assert threads_warning("executorch", 3, 4) is None
+    assert threads_warning("cuda", 2, 2) is None
+    assert threads_warning("coreml", 1, 1) is None
+    assert usable_cores() >= 1
