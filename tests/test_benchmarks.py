@@ -365,3 +365,35 @@ def test_share_noise_refuses_a_missing_or_foreign_csv_in_one_line(tmp_path):
         )
         assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and says in r.stderr
     assert not (tmp_path / "o.txt").exists()  # nothing written
+
+
+def test_rank_repeatability_recovers_a_tables_fidelity_to_a_truth_it_never_sees():
+    """Three noisy readings of known true latencies: triple collocation's estimate of the first reading's Spearman
+    with the truth matches that Spearman, computed from the truth (which the estimator is not given), though the
+    reading correlates less with either noisy measurement; and likewise the second reading's ceiling."""
+    import rank_repeatability
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    truth = rng.lognormal(0.0, 0.4, 4000)
+    table = truth * rng.lognormal(0.0, 0.02, truth.size)  # a good table
+    validation = truth * rng.lognormal(0.0, 0.06, truth.size)  # noisier measurements
+    alone = truth * rng.lognormal(0.0, 0.05, truth.size)
+    r = rank_repeatability.triad(table, validation, alone)
+    assert r["fidelity"] == pytest.approx(spearmanr(table, truth)[0], abs=0.003)
+    assert r["ceiling"] == pytest.approx(spearmanr(validation, truth)[0], abs=0.003)
+    assert r["pa"] < spearmanr(table, truth)[0] - 0.01  # what the goal reads is lower than the table's own fidelity
+
+
+def test_rank_repeatability_refuses_a_foreign_csv_in_one_line(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "rank_repeatability.py"
+    foreign = tmp_path / "other.csv"
+    foreign.write_text("config,build\ntorch:1:64:1,1\n")
+    for bad, says in ((tmp_path / "none.csv", "no such file"), (foreign, "not a lut_repeatability.py networks CSV")):
+        r = subprocess.run(
+            [sys.executable, str(script), str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True
+        )
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and says in r.stderr
+    assert not (tmp_path / "o.txt").exists()
