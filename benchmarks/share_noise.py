@@ -1,6 +1,6 @@
 """How close to its target can a state sit and still never re-measure above it? (issue #21, nothing timed)
 
-    python benchmarks/share_noise.py benchmarks/results/verify_targets_xeon*.csv --out OUT
+    python benchmarks/share_noise.py benchmarks/results/verify_targets_xeon_*.csv --out OUT
 
 Every row of `verify_targets.py`'s CSVs holds one emitted architecture re-measured twice, independently, drift
 removed (`drift_removed_1_ms`, `drift_removed_2_ms`). Half the spread of their log ratio is the noise of one such
