@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nas.errors import run_cli  # noqa: E402
 from supernet.errors import UserError  # noqa: E402
-from supernet.files import atomic_write_text  # noqa: E402
+from supernet.files import atomic_write_text, read_csv  # noqa: E402
 
 NEED = ["config", "build", "recalibrated_ms", "measured_ms", "alone_ms"]
 
@@ -71,12 +71,7 @@ def bootstrap(p: np.ndarray, a: np.ndarray, b: np.ndarray, key: str, n: int = 10
 def read(paths: list[Path]) -> pd.DataFrame:
     frames = []
     for f in paths:
-        if not f.is_file():
-            raise UserError(f"{f}: no such file")
-        try:
-            df = pd.read_csv(f)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise UserError(f"{f}: not a readable CSV ({' '.join(str(e).split())[:120]})") from None
+        df = read_csv(f, UserError)
         if not set(NEED) <= set(df.columns):
             raise UserError(f"{f}: not a lut_repeatability.py networks CSV ({', '.join(NEED)})")
         frames.append(df.assign(run=f.stem.removesuffix("_networks")))

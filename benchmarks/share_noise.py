@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nas.errors import run_cli  # noqa: E402
 from supernet.errors import UserError  # noqa: E402
-from supernet.files import atomic_write_text  # noqa: E402
+from supernet.files import atomic_write_text, read_csv  # noqa: E402
 
 SHARES = (0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
 
@@ -59,12 +59,7 @@ def main() -> None:
     need = ["drift_removed_1_ms", "drift_removed_2_ms"]
     frames = []
     for f in a.csvs:
-        if not f.is_file():
-            raise UserError(f"{f}: no such file")
-        try:
-            frames.append(pd.read_csv(f))
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise UserError(f"{f}: not a readable CSV ({' '.join(str(e).split())[:120]})") from None
+        frames.append(read_csv(f, UserError))
     for f, df in zip(a.csvs, frames):
         if not set(need) <= set(df.columns):
             raise UserError(f"{f}: not a verify_targets.py CSV with two re-measurements ({', '.join(need)})")

@@ -38,7 +38,7 @@ from latency_lut.measure import (
 )
 from latency_lut.table import LUTError, Row, decode_stages, encode_stages
 from supernet.arch import ArchSpec
-from supernet.files import atomic_write_text
+from supernet.files import atomic_write_text, read_csv
 from supernet.formats import onnx_bytes, pte_bytes, to_coreml
 
 FORMAT = 1
@@ -147,12 +147,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 def read_timings(folder: Path, manifest: dict[str, Any]) -> pd.DataFrame:
     path = folder / "timings.csv"
-    if not path.is_file():
-        raise LUTError(f"{folder}: no timings.csv yet; run `python measure.py` in the bundle on the device first")
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise LUTError(f"{path}: not a readable CSV ({' '.join(str(e).split())[:120]})") from None
+    first = f"{folder}: no timings.csv yet; run `python measure.py` in the bundle on the device first"
+    df = read_csv(path, LUTError, first)
     need = set(FIELDS)
     if not need <= set(df.columns):
         raise LUTError(f"{path}: missing columns {sorted(need - set(df.columns))}")

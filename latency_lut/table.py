@@ -51,6 +51,7 @@ from latency_lut.correction import (
 )
 from supernet.arch import ArchSpec, StageSpec
 from supernet.errors import UserError
+from supernet.files import read_csv
 from supernet.model import Layer, layer_plan
 
 LAYER_KINDS = ("stem", "embed", "mb4d", "mb3d", "flat", "unflat", "head")
@@ -211,12 +212,7 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | Path, reading: str = "auto") -> LatencyTable:
         path = Path(path)
-        if not path.is_file():
-            raise LUTError(f"latency table not found: {path}")
-        try:
-            df = pd.read_csv(path, keep_default_na=False, na_values=[""])
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise LUTError(f"{path}: not a readable CSV ({' '.join(str(e).split())[:120]})") from None
+        df = read_csv(path, LUTError, f"latency table not found: {path}", keep_default_na=False, na_values=[""])
         return cls(df, str(path), file_hash(path), reading)
 
     @property

@@ -39,3 +39,17 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write text to `path` durably and atomically (see `atomic_write`)."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_csv(path: str | Path, error: type[Exception], missing: str | None = None, **kwargs):
+    """`pandas.read_csv(path, **kwargs)`, with a missing file (`missing`, or "PATH: no such file") or an unreadable
+    one raised as `error`, in one line."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(missing or f"{path}: no such file")
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not a readable CSV ({' '.join(str(e).split())[:120]})") from None
