@@ -16,6 +16,7 @@ from supernet.errors import UserError
 from supernet.formats import EXECUTORCH_MISSING, executorch_available, onnx_bytes, pte_bytes, to_coreml
 
 BACKENDS = ("torch", "onnxruntime", "executorch", "cuda", "coreml")
+CPU_BACKENDS = ("torch", "onnxruntime", "executorch")  # those that run on this machine's cores
 Runner = Callable[[], object]
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from latency_lut.backends import BACKENDS, make_backend
+from latency_lut.backends import BACKENDS, CPU_BACKENDS, make_backend
 from latency_lut.bundle import SUFFIX, read_bundle, write_bundle
 from latency_lut.measure import (
     CALL,
@@ -151,9 +151,6 @@ def build_lut(cfg: BuildLUTConfig) -> Path:
             out, table, k, lambda path: measure_into(path, df[:0], [*rows, *nets, CALL], backend, cfg, meta, spec), cfg
         )
     return finish(out, table)
-
-
-CPU_BACKENDS = ("torch", "onnxruntime", "executorch")
 
 
 def usable_cores() -> int:
