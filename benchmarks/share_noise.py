@@ -60,8 +60,7 @@ def main() -> None:
     frames = []
     for f in a.csvs:
         frames.append(read_csv(f, UserError))
-    for f, df in zip(a.csvs, frames):
-        if not set(need) <= set(df.columns):
+        if not set(need) <= set(frames[-1].columns):
             raise UserError(f"{f}: not a verify_targets.py CSV with two re-measurements ({', '.join(need)})")
     df = pd.concat(frames, ignore_index=True)
     lr = np.log(df["drift_removed_1_ms"] / df["drift_removed_2_ms"]).dropna().to_numpy()
